@@ -1,0 +1,254 @@
+//! The two encodings of protocol v1 and the batch splice.
+//!
+//! A gateway encodes each event once per format and shares the bytes with
+//! every socket. A `batch` frame is built by splicing already-encoded items
+//! into an envelope, so batching never re-encodes an event.
+
+use crate::event::{ClientEvent, ServerEvent};
+
+/// WebSocket subprotocol for JSON text frames; the default when a client offers none.
+pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
+/// WebSocket subprotocol for MessagePack binary frames.
+pub const SUBPROTOCOL_MSGPACK: &str = "danmaku.v1.msgpack";
+
+/// The encoding a connection negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// One JSON object per text frame.
+    Json,
+    /// One MessagePack map (named fields) per binary frame.
+    MsgPack,
+}
+
+impl Format {
+    /// Both formats, for code that prepares bytes for each.
+    pub const ALL: [Format; 2] = [Format::Json, Format::MsgPack];
+
+    /// The subprotocol name a server echoes for this format.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Format::Json => SUBPROTOCOL_JSON,
+            Format::MsgPack => SUBPROTOCOL_MSGPACK,
+        }
+    }
+
+    /// The format named by a subprotocol, if it is one of ours.
+    pub fn from_subprotocol(name: &str) -> Option<Format> {
+        match name.trim() {
+            SUBPROTOCOL_JSON => Some(Format::Json),
+            SUBPROTOCOL_MSGPACK => Some(Format::MsgPack),
+            _ => None,
+        }
+    }
+
+    /// A small dense index, for per-format arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Format::Json => 0,
+            Format::MsgPack => 1,
+        }
+    }
+}
+
+/// One encoded frame: text for JSON, binary for MessagePack. Kept apart so a
+/// JSON frame never needs UTF-8 validation again on its way to a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    /// A JSON text frame.
+    Text(String),
+    /// A MessagePack binary frame.
+    Binary(Vec<u8>),
+}
+
+impl Encoded {
+    /// The frame's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Encoded::Text(s) => s.as_bytes(),
+            Encoded::Binary(b) => b,
+        }
+    }
+
+    /// The frame's length in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// True for a zero-length frame (never produced by `encode`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A frame that is not a valid event in the connection's format.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not valid JSON, or not a known event, or wrong field types.
+    #[error("invalid json event: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Not valid MessagePack, or not a known event, or wrong field types.
+    #[error("invalid msgpack event: {0}")]
+    MsgPack(#[from] rmp_serde::decode::Error),
+}
+
+/// Encodes one server event.
+pub fn encode(format: Format, event: &ServerEvent) -> Encoded {
+    match format {
+        // Serialization cannot fail: every map key is a string and every
+        // value is a plain string, number, bool, sequence or map.
+        Format::Json => Encoded::Text(serde_json::to_string(event).expect("event serializes")),
+        Format::MsgPack => {
+            Encoded::Binary(rmp_serde::to_vec_named(event).expect("event serializes"))
+        }
+    }
+}
+
+/// Builds a `batch` frame from items that are each already an encoded event
+/// in `format`, without decoding or re-encoding them.
+pub fn batch_frame<'a, I>(format: Format, items: I) -> Encoded
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let n = items.len();
+    match format {
+        Format::Json => {
+            let mut out = String::from(r#"{"type":"batch","items":["#);
+            for (i, item) in items.enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                // Items come from `encode(Format::Json, ..)`, which yields UTF-8;
+                // anything else is replaced rather than trusted.
+                out.push_str(&String::from_utf8_lossy(item));
+            }
+            out.push_str("]}");
+            Encoded::Text(out)
+        }
+        Format::MsgPack => {
+            let mut out = Vec::with_capacity(32);
+            out.push(0x82); // fixmap, 2 entries
+            push_str(&mut out, "type");
+            push_str(&mut out, "batch");
+            push_str(&mut out, "items");
+            if n < 16 {
+                out.push(0x90 | n as u8);
+            } else if n <= u16::MAX as usize {
+                out.push(0xdc);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            } else {
+                out.push(0xdd);
+                out.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            for item in items {
+                out.extend_from_slice(item);
+            }
+            Encoded::Binary(out)
+        }
+    }
+}
+
+/// Writes a short MessagePack fixstr.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(s.len() < 32);
+    out.push(0xa0 | s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Decodes one client frame's payload.
+pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientEvent, DecodeError> {
+    match format {
+        Format::Json => Ok(serde_json::from_slice(bytes)?),
+        Format::MsgPack => Ok(rmp_serde::from_slice(bytes)?),
+    }
+}
+
+/// Decodes one server frame's payload; for clients, tests and the load generator.
+pub fn decode_server(format: Format, bytes: &[u8]) -> Result<ServerEvent, DecodeError> {
+    match format {
+        Format::Json => Ok(serde_json::from_slice(bytes)?),
+        Format::MsgPack => Ok(rmp_serde::from_slice(bytes)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Danmaku, Mode, Ping, Post};
+
+    fn danmaku(i: u32) -> ServerEvent {
+        ServerEvent::Danmaku(Danmaku {
+            id: format!("id{i}"),
+            room: "lobby".into(),
+            user: "guest-abc123".into(),
+            name: (i % 2 == 0).then(|| "小明".to_string()),
+            text: format!("hello {i} 弹幕"),
+            color: "#ffffff".into(),
+            mode: Mode::Scroll,
+            ts: 1_700_000_000_000 + u64::from(i),
+        })
+    }
+
+    #[test]
+    fn every_server_event_round_trips_in_both_formats() {
+        for format in Format::ALL {
+            for event in [
+                danmaku(1),
+                ServerEvent::Online { room: "r".into(), count: 7 },
+                ServerEvent::Pong { nonce: None },
+                ServerEvent::Ack { nonce: Some("n".into()), id: "x".into() },
+            ] {
+                let bytes = encode(format, &event);
+                assert_eq!(decode_server(format, bytes.as_bytes()).unwrap(), event);
+            }
+        }
+    }
+
+    #[test]
+    fn spliced_batch_decodes_to_the_same_items_for_every_size() {
+        // 15, 16 and 70_000 cross the msgpack array header boundaries.
+        for format in Format::ALL {
+            for n in [0usize, 1, 2, 15, 16, 17, 300, 70_000] {
+                let events: Vec<ServerEvent> = (0..n as u32).map(danmaku).collect();
+                let encoded: Vec<Encoded> = events.iter().map(|e| encode(format, e)).collect();
+                let frame = batch_frame(format, encoded.iter().map(|e| e.as_bytes()));
+                let decoded = decode_server(format, frame.as_bytes()).unwrap();
+                assert_eq!(decoded, ServerEvent::Batch { items: events }, "n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn client_events_decode_from_both_formats() {
+        let post = ClientEvent::Post(Post {
+            text: "hi".into(),
+            color: Some("#ff0000".into()),
+            mode: Some("top".into()),
+            nonce: Some("1".into()),
+        });
+        let ping = ClientEvent::Ping(Ping { nonce: None });
+        for event in [post, ping] {
+            let json = serde_json::to_vec(&event).unwrap();
+            assert_eq!(decode_client(Format::Json, &json).unwrap(), event);
+            let mp = rmp_serde::to_vec_named(&event).unwrap();
+            assert_eq!(decode_client(Format::MsgPack, &mp).unwrap(), event);
+        }
+        let minimal = decode_client(Format::Json, br#"{"type":"ping"}"#).unwrap();
+        assert_eq!(minimal, ClientEvent::Ping(Ping::default()));
+    }
+
+    #[test]
+    fn unknown_types_and_wrong_field_types_are_errors() {
+        for bad in [
+            &br#"{"type":"shout","text":"x"}"#[..],
+            br#"{"text":"x"}"#,
+            br#"{"type":"post","text":5}"#,
+            br#"[1,2]"#,
+            b"",
+        ] {
+            assert!(decode_client(Format::Json, bad).is_err());
+        }
+        assert!(decode_client(Format::MsgPack, &[0xc1]).is_err());
+    }
+}

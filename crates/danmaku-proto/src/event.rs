@@ -1,0 +1,222 @@
+//! The events of protocol v1, as serde types.
+//!
+//! Every event is a map with a `type` field. The same field names are used by
+//! both encodings, so a JSON client and a MessagePack client see the same shape.
+//! Every serialized field is a compatibility promise: add fields, never rename.
+
+use serde::{Deserialize, Serialize};
+
+/// How a comment is drawn over the video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Scrolls across the video from right to left; the default.
+    #[default]
+    Scroll,
+    /// Pinned at the top, centred.
+    Top,
+    /// Pinned at the bottom, centred.
+    Bottom,
+}
+
+impl Mode {
+    /// Parses the wire name of a mode; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "scroll" => Some(Mode::Scroll),
+            "top" => Some(Mode::Top),
+            "bottom" => Some(Mode::Bottom),
+            _ => None,
+        }
+    }
+}
+
+/// One accepted comment, as every viewer of the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Danmaku {
+    /// Unique across the whole service; opaque to clients.
+    pub id: String,
+    /// The room it was posted in.
+    pub room: String,
+    /// The poster's user id (`guest-xxxxxx` for guests).
+    pub user: String,
+    /// The poster's display name, when it chose one with `?nick=`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The comment, trimmed.
+    pub text: String,
+    /// `#rrggbb`, lower case.
+    pub color: String,
+    /// Where it is drawn.
+    pub mode: Mode,
+    /// When the gateway accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// The limits a client should respect, announced in `hello` so clients can
+/// check input before sending it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Longest accepted comment, in Unicode scalar values.
+    pub max_text_chars: u32,
+    /// Largest client frame; larger ones close the socket with 1009.
+    pub max_frame_bytes: u32,
+    /// Longest accepted nonce, in bytes.
+    pub max_nonce_bytes: u32,
+    /// Posts allowed per `post_window_ms`, sustained.
+    pub post_rate_count: u32,
+    /// The window of `post_rate_count`, in milliseconds.
+    pub post_window_ms: u64,
+    /// Posts that may be sent at once before the sustained rate applies.
+    pub post_burst: u32,
+}
+
+/// The first event on every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The room joined.
+    pub room: String,
+    /// The user id given to this connection.
+    pub user: String,
+    /// The display name, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Viewers in the room, this one included.
+    pub online: u64,
+    /// Id of the gateway instance serving this socket.
+    pub server: String,
+    /// Limits that apply to this connection.
+    pub limits: Limits,
+    /// The room's most recent comments, oldest first.
+    #[serde(default)]
+    pub recent: Vec<Danmaku>,
+}
+
+/// Why a post was refused. The wire names are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The text is empty after trimming.
+    Empty,
+    /// The text is longer than `limits.max_text_chars`.
+    TooLong,
+    /// A field is malformed: colour, mode or nonce.
+    BadRequest,
+    /// The connection posts faster than its rate limit; see `retry_after_ms`.
+    RateLimited,
+    /// The bus cannot take the post right now; nothing was published.
+    Unavailable,
+}
+
+impl RejectCode {
+    /// The wire name, for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::Empty => "empty",
+            RejectCode::TooLong => "too_long",
+            RejectCode::BadRequest => "bad_request",
+            RejectCode::RateLimited => "rate_limited",
+            RejectCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a frame could not be handled at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a valid event: bad encoding, unknown type, wrong field types.
+    BadFrame,
+}
+
+/// Everything a gateway sends to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent {
+    /// First event of every connection.
+    Hello(Hello),
+    /// A comment.
+    Danmaku(Danmaku),
+    /// Several events in one frame.
+    Batch {
+        /// The events, in order.
+        items: Vec<ServerEvent>,
+    },
+    /// The room's viewer count.
+    Online {
+        /// The room.
+        room: String,
+        /// Viewers across all gateway instances.
+        count: u64,
+    },
+    /// The client's post was accepted and published as `id`.
+    Ack {
+        /// The client's nonce, echoed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+        /// The id every viewer sees.
+        id: String,
+    },
+    /// The client's post was refused; nothing was published.
+    Reject {
+        /// The client's nonce, echoed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+        /// Stable reason.
+        code: RejectCode,
+        /// Human-readable reason.
+        message: String,
+        /// When a retry may succeed, for `rate_limited`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// A frame could not be handled.
+    Error {
+        /// Stable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+    /// Answer to a client `ping`.
+    Pong {
+        /// The client's nonce, echoed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<String>,
+    },
+}
+
+/// A client's request to publish a comment, as sent. Fields are checked by
+/// moderation, not by the decoder, so a malformed colour gets a `reject` that
+/// echoes the nonce rather than a bare `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Post {
+    /// The comment.
+    pub text: String,
+    /// `#rrggbb`; white when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<String>,
+    /// `scroll`, `top` or `bottom`; `scroll` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Any string up to 64 bytes, echoed in `ack` or `reject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// A client's liveness probe.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ping {
+    /// Echoed in `pong`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// Everything a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientEvent {
+    /// Publish a comment.
+    Post(Post),
+    /// Ask for a `pong`.
+    Ping(Ping),
+}
