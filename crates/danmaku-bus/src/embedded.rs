@@ -44,7 +44,9 @@ struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.upgrade() else { return };
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
         let mut channels = inner.channels.lock();
         if let Some(ch) = channels.get_mut(&self.room) {
             ch.subscribers -= 1;
@@ -100,12 +102,17 @@ impl Bus for EmbeddedBus {
 
     fn subscribe(&self, room: &RoomId) -> Subscription {
         let mut channels = self.inner.channels.lock();
-        let ch = channels.entry(room.as_str().to_owned()).or_insert_with(|| Channel {
-            tx: broadcast::channel(self.inner.config.room_buffer.max(1)).0,
-            subscribers: 0,
-        });
+        let ch = channels
+            .entry(room.as_str().to_owned())
+            .or_insert_with(|| Channel {
+                tx: broadcast::channel(self.inner.config.room_buffer.max(1)).0,
+                subscribers: 0,
+            });
         ch.subscribers += 1;
-        let guard = Guard { inner: Arc::downgrade(&self.inner), room: room.as_str().to_owned() };
+        let guard = Guard {
+            inner: Arc::downgrade(&self.inner),
+            room: room.as_str().to_owned(),
+        };
         Subscription::new(ch.tx.subscribe(), Box::new(guard))
     }
 
@@ -117,7 +124,12 @@ impl Bus for EmbeddedBus {
             .history
             .lock()
             .get(room.as_str())
-            .map(|d| d.iter().filter(|c| c.ts >= oldest).map(|c| (**c).clone()).collect())
+            .map(|d| {
+                d.iter()
+                    .filter(|c| c.ts >= oldest)
+                    .map(|c| (**c).clone())
+                    .collect()
+            })
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(items)))
     }
@@ -128,7 +140,13 @@ impl Bus for EmbeddedBus {
     }
 
     fn cluster_rooms(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, BusError>> {
-        let rooms = self.inner.report.lock().as_ref().map(|(r, _)| r.rooms.clone()).unwrap_or_default();
+        let rooms = self
+            .inner
+            .report
+            .lock()
+            .as_ref()
+            .map(|(r, _)| r.rooms.clone())
+            .unwrap_or_default();
         Box::pin(std::future::ready(Ok(rooms)))
     }
 
@@ -185,7 +203,10 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_in_order_only_to_the_room_and_keeps_capped_history() {
-        let bus = EmbeddedBus::new(BusConfig { history_len: 3, ..BusConfig::default() });
+        let bus = EmbeddedBus::new(BusConfig {
+            history_len: 3,
+            ..BusConfig::default()
+        });
         let a = RoomId::parse("a").unwrap();
         let b = RoomId::parse("b").unwrap();
         let mut sa = bus.subscribe(&a);
@@ -197,7 +218,13 @@ mod tests {
             assert_eq!(sa.recv().await.unwrap().id, format!("id{i}"));
         }
         assert_eq!(sb.try_recv().unwrap(), None);
-        let recent: Vec<_> = bus.recent(&a).await.unwrap().into_iter().map(|d| d.id).collect();
+        let recent: Vec<_> = bus
+            .recent(&a)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
         assert_eq!(recent, ["id2", "id3", "id4"]);
         assert!(bus.recent(&b).await.unwrap().is_empty());
     }
@@ -216,7 +243,10 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_subscription_reports_the_skip() {
-        let bus = EmbeddedBus::new(BusConfig { room_buffer: 2, ..BusConfig::default() });
+        let bus = EmbeddedBus::new(BusConfig {
+            room_buffer: 2,
+            ..BusConfig::default()
+        });
         let a = RoomId::parse("a").unwrap();
         let mut s = bus.subscribe(&a);
         for i in 0..5 {

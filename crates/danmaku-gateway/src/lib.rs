@@ -1,1 +1,222 @@
-//! placeholder
+//! The danmaku gateway: holds client WebSockets per room, runs posts through
+//! moderation onto the bus, and fans each room's comments out to its local
+//! viewers, encoded once and batched under load.
+//!
+//! Entry point: [`run`], which serves on a bound listener until a shutdown
+//! future completes. The binary only parses config, sets up tracing, binds
+//! and calls it; tests call it too, with their own listener and shutdown.
+//!
+//! Architecture invariant: only this crate knows WebSocket and HTTP.
+
+pub mod config;
+mod conn;
+mod http;
+mod ids;
+mod outbox;
+mod presence;
+mod rooms;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use danmaku_bus::{Bus, EmbeddedBus};
+use danmaku_moderation::Moderator;
+use danmaku_proto::{Limits, MAX_NONCE_BYTES};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::config::Settings;
+pub use crate::http::{RoomCount, RoomsResponse};
+
+use crate::config::ms;
+use crate::ids::IdGen;
+use crate::presence::{Heartbeat, Presence};
+use crate::rooms::{FanoutConfig, Rooms};
+
+/// Errors that stop a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The settings cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of posts, for `/api/stats`.
+#[derive(Debug, Default)]
+pub(crate) struct PostStats {
+    pub posts_accepted: AtomicU64,
+    pub posts_rejected: AtomicU64,
+}
+
+/// State shared by every connection of one gateway.
+pub(crate) struct Gateway {
+    pub settings: Settings,
+    pub instance_id: String,
+    pub bus: Arc<dyn Bus>,
+    pub rooms: Arc<Rooms>,
+    pub presence: Arc<Presence>,
+    pub moderator: Moderator,
+    /// Announced in every `hello`.
+    pub limits: Limits,
+    pub ids: IdGen,
+    pub stats: PostStats,
+    /// Flips to true once when shutdown starts.
+    pub shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections, counted from admission to close.
+    open: AtomicUsize,
+    pub conn_seq: AtomicU64,
+}
+
+/// A WebSocket slot; dropping it frees the slot.
+pub(crate) struct ConnSlot(Arc<Gateway>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gateway {
+    /// Takes a connection slot unless `max_connections` are open.
+    pub fn admit(self: &Arc<Self>) -> Option<ConnSlot> {
+        let max = self.settings.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ConnSlot(self.clone()))
+    }
+
+    /// Open WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Bound on one bus call.
+    pub fn bus_timeout(&self) -> Duration {
+        ms(self.settings.bus_timeout_ms)
+    }
+}
+
+/// Builds the bus the settings ask for: embedded unless `redis_url` is set.
+fn build_bus(settings: &Settings) -> Result<Arc<dyn Bus>, GatewayError> {
+    if settings.redis_url.is_empty() {
+        return Ok(Arc::new(EmbeddedBus::new(settings.bus_config())));
+    }
+    Err(GatewayError::Config(
+        "redis_url is not supported by this build yet".into(),
+    ))
+}
+
+/// Sets options on an accepted socket: no Nagle delay (frames are already
+/// gathered per flush), and the configured send buffer.
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "Setting TCP_NODELAY failed");
+    }
+    if send_buffer > 0 {
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
+            tracing::debug!(error = %e, "Setting SO_SNDBUF failed");
+        }
+    }
+}
+
+/// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
+/// closes every socket with 1001, waits up to `shutdown_grace_ms` for them,
+/// and returns.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let moderator =
+        Moderator::new(settings.policy()).map_err(|e| GatewayError::Config(e.to_string()))?;
+    let bus = build_bus(&settings)?;
+    let instance_id = settings.instance_id();
+    let address = if settings.public_address.is_empty() {
+        listener.local_addr()?.to_string()
+    } else {
+        settings.public_address.clone()
+    };
+    let presence = Arc::new(Presence::default());
+    let rooms = Rooms::new(
+        bus.clone(),
+        FanoutConfig {
+            flush_window: ms(settings.flush_window_ms),
+            max_batch_items: settings.max_batch_items,
+            slow_close: ms(settings.slow_close_ms),
+            online_interval: ms(settings.online_interval_ms),
+        },
+        presence.clone(),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = Limits {
+        max_text_chars: settings.max_text_chars,
+        max_frame_bytes: settings.max_frame_bytes,
+        max_nonce_bytes: MAX_NONCE_BYTES as u32,
+        post_rate_count: settings.post_rate_count,
+        post_window_ms: settings.post_window_ms,
+        post_burst: settings.post_burst,
+    };
+    let gw = Arc::new(Gateway {
+        instance_id: instance_id.clone(),
+        bus: bus.clone(),
+        rooms: rooms.clone(),
+        presence: presence.clone(),
+        moderator,
+        limits,
+        ids: IdGen::new(),
+        stats: PostStats::default(),
+        shutdown: stop_rx.clone(),
+        open: AtomicUsize::new(0),
+        conn_seq: AtomicU64::new(0),
+        settings,
+    });
+    let heartbeat = Heartbeat {
+        id: instance_id.clone(),
+        address,
+        started_ms: danmaku_bus::now_ms(),
+        interval: ms(gw.settings.heartbeat_interval_ms),
+        timeout: gw.bus_timeout(),
+    };
+    tokio::spawn(presence::run_heartbeat(
+        heartbeat,
+        rooms,
+        presence,
+        bus.clone(),
+        stop_rx,
+    ));
+
+    tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
+    let app =
+        http::router(gw.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let send_buffer = gw.settings.tcp_send_buffer_bytes;
+    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("Shutting down: closing sockets with 1001");
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+
+    let grace = ms(gw.settings.shutdown_grace_ms);
+    let deadline = tokio::time::Instant::now() + grace;
+    while gw.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = gw.connections();
+    if left > 0 {
+        tracing::warn!(left, "Grace period over with sockets still open");
+    }
+    let _ = tokio::time::timeout(gw.bus_timeout(), bus.leave(&instance_id)).await;
+    tracing::info!("Gateway stopped");
+    Ok(())
+}

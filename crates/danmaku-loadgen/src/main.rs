@@ -1,1 +1,2 @@
+//! placeholder until the load generator lands
 fn main() {}

@@ -71,7 +71,11 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: RejectCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), retry_after: None }
+        Refusal {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 
@@ -96,7 +100,8 @@ pub struct Moderator {
 impl Moderator {
     /// Builds the pipeline, refusing a policy that cannot work.
     pub fn new(policy: Policy) -> Result<Moderator, PolicyError> {
-        let count = NonZeroU32::new(policy.post_rate_count).ok_or(PolicyError::Zero("post_rate_count"))?;
+        let count =
+            NonZeroU32::new(policy.post_rate_count).ok_or(PolicyError::Zero("post_rate_count"))?;
         let burst = NonZeroU32::new(policy.post_burst).ok_or(PolicyError::Zero("post_burst"))?;
         if policy.post_window.is_zero() {
             return Err(PolicyError::Zero("post_window_ms"));
@@ -118,13 +123,19 @@ impl Moderator {
 
     /// Fresh state for a new connection.
     pub fn conn_state(&self) -> ConnState {
-        ConnState { limiter: RateLimiter::direct(self.quota) }
+        ConnState {
+            limiter: RateLimiter::direct(self.quota),
+        }
     }
 
     /// Runs the pipeline on one post. Validation comes first so malformed
     /// posts do not use up the sender's rate budget.
     pub fn check(&self, conn: &ConnState, post: &Post) -> Result<Accepted, Refusal> {
-        if post.nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE_BYTES) {
+        if post
+            .nonce
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_NONCE_BYTES)
+        {
             return Err(Refusal::new(
                 RejectCode::BadRequest,
                 format!("nonce is longer than {MAX_NONCE_BYTES} bytes"),
@@ -162,7 +173,11 @@ impl Moderator {
                 retry_after: Some(Duration::from_millis(wait.as_millis() as u64 + 1)),
             });
         }
-        Ok(Accepted { text: text.to_owned(), color, mode })
+        Ok(Accepted {
+            text: text.to_owned(),
+            color,
+            mode,
+        })
     }
 }
 
@@ -171,7 +186,12 @@ mod tests {
     use super::*;
 
     fn post(text: &str) -> Post {
-        Post { text: text.into(), color: None, mode: None, nonce: None }
+        Post {
+            text: text.into(),
+            color: None,
+            mode: None,
+            nonce: None,
+        }
     }
 
     fn moderator() -> Moderator {
@@ -182,10 +202,19 @@ mod tests {
     fn accepts_and_normalises() {
         let m = moderator();
         let c = m.conn_state();
-        let p = Post { text: "  hi ".into(), color: Some("#AABBCC".into()), mode: Some("top".into()), nonce: None };
+        let p = Post {
+            text: "  hi ".into(),
+            color: Some("#AABBCC".into()),
+            mode: Some("top".into()),
+            nonce: None,
+        };
         assert_eq!(
             m.check(&c, &p).unwrap(),
-            Accepted { text: "hi".into(), color: "#aabbcc".into(), mode: Mode::Top }
+            Accepted {
+                text: "hi".into(),
+                color: "#aabbcc".into(),
+                mode: Mode::Top
+            }
         );
         assert_eq!(m.check(&c, &post("x")).unwrap().color, DEFAULT_COLOR);
     }
@@ -194,15 +223,39 @@ mod tests {
     fn refuses_with_stable_codes() {
         let m = moderator();
         let c = m.conn_state();
-        assert_eq!(m.check(&c, &post("  \n ")).unwrap_err().code, RejectCode::Empty);
-        assert_eq!(m.check(&c, &post(&"字".repeat(101))).unwrap_err().code, RejectCode::TooLong);
+        assert_eq!(
+            m.check(&c, &post("  \n ")).unwrap_err().code,
+            RejectCode::Empty
+        );
+        assert_eq!(
+            m.check(&c, &post(&"字".repeat(101))).unwrap_err().code,
+            RejectCode::TooLong
+        );
         assert!(m.check(&c, &post(&"字".repeat(100))).is_ok());
-        let bad_color = Post { color: Some("red".into()), ..post("x") };
-        assert_eq!(m.check(&c, &bad_color).unwrap_err().code, RejectCode::BadRequest);
-        let bad_mode = Post { mode: Some("diagonal".into()), ..post("x") };
-        assert_eq!(m.check(&c, &bad_mode).unwrap_err().code, RejectCode::BadRequest);
-        let bad_nonce = Post { nonce: Some("n".repeat(65)), ..post("x") };
-        assert_eq!(m.check(&c, &bad_nonce).unwrap_err().code, RejectCode::BadRequest);
+        let bad_color = Post {
+            color: Some("red".into()),
+            ..post("x")
+        };
+        assert_eq!(
+            m.check(&c, &bad_color).unwrap_err().code,
+            RejectCode::BadRequest
+        );
+        let bad_mode = Post {
+            mode: Some("diagonal".into()),
+            ..post("x")
+        };
+        assert_eq!(
+            m.check(&c, &bad_mode).unwrap_err().code,
+            RejectCode::BadRequest
+        );
+        let bad_nonce = Post {
+            nonce: Some("n".repeat(65)),
+            ..post("x")
+        };
+        assert_eq!(
+            m.check(&c, &bad_nonce).unwrap_err().code,
+            RejectCode::BadRequest
+        );
     }
 
     #[test]
@@ -215,7 +268,10 @@ mod tests {
         let refusal = m.check(&c, &post("x")).unwrap_err();
         assert_eq!(refusal.code, RejectCode::RateLimited);
         let wait = refusal.retry_after.unwrap();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(2), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
         // Invalid posts are refused for what they are, not for the rate.
         assert_eq!(m.check(&c, &post("")).unwrap_err().code, RejectCode::Empty);
         // Each connection has its own budget.
@@ -225,10 +281,22 @@ mod tests {
     #[test]
     fn zero_limits_are_refused() {
         for p in [
-            Policy { post_rate_count: 0, ..Policy::default() },
-            Policy { post_burst: 0, ..Policy::default() },
-            Policy { post_window: Duration::ZERO, ..Policy::default() },
-            Policy { max_text_chars: 0, ..Policy::default() },
+            Policy {
+                post_rate_count: 0,
+                ..Policy::default()
+            },
+            Policy {
+                post_burst: 0,
+                ..Policy::default()
+            },
+            Policy {
+                post_window: Duration::ZERO,
+                ..Policy::default()
+            },
+            Policy {
+                max_text_chars: 0,
+                ..Policy::default()
+            },
         ] {
             assert!(Moderator::new(p).is_err());
         }

@@ -1,6 +1,8 @@
 //! Criterion micro-benches for the codecs: encode and decode of `danmaku` and
 //! of `batch` frames (spliced from pre-encoded items) in both formats.
 
+// criterion_group! generates undocumented public functions.
+#![allow(missing_docs)]
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use danmaku_proto::{batch_frame, decode_server, encode, Danmaku, Format, Mode, ServerEvent};
 

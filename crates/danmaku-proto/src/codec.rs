@@ -4,7 +4,9 @@
 //! every socket. A `batch` frame is built by splicing already-encoded items
 //! into an envelope, so batching never re-encodes an event.
 
-use crate::event::{ClientEvent, ServerEvent};
+use serde::Serialize;
+
+use crate::event::{ClientEvent, Danmaku, ServerEvent};
 
 /// WebSocket subprotocol for JSON text frames; the default when a client offers none.
 pub const SUBPROTOCOL_JSON: &str = "danmaku.v1.json";
@@ -103,6 +105,24 @@ pub fn encode(format: Format, event: &ServerEvent) -> Encoded {
     }
 }
 
+/// Encodes a `danmaku` event from a borrowed comment: the hot path of
+/// fan-out, which must not clone a comment just to encode it.
+pub fn encode_danmaku(format: Format, comment: &Danmaku) -> Encoded {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Borrowed<'a> {
+        Danmaku(&'a Danmaku),
+    }
+    let event = Borrowed::Danmaku(comment);
+    match format {
+        // Cannot fail, as for `encode`.
+        Format::Json => Encoded::Text(serde_json::to_string(&event).expect("event serializes")),
+        Format::MsgPack => {
+            Encoded::Binary(rmp_serde::to_vec_named(&event).expect("event serializes"))
+        }
+    }
+}
+
 /// Builds a `batch` frame from items that are each already an encoded event
 /// in `format`, without decoding or re-encoding them.
 pub fn batch_frame<'a, I>(format: Format, items: I) -> Encoded
@@ -182,7 +202,7 @@ mod tests {
             id: format!("id{i}"),
             room: "lobby".into(),
             user: "guest-abc123".into(),
-            name: (i % 2 == 0).then(|| "小明".to_string()),
+            name: i.is_multiple_of(2).then(|| "小明".to_string()),
             text: format!("hello {i} 弹幕"),
             color: "#ffffff".into(),
             mode: Mode::Scroll,
@@ -195,13 +215,30 @@ mod tests {
         for format in Format::ALL {
             for event in [
                 danmaku(1),
-                ServerEvent::Online { room: "r".into(), count: 7 },
+                ServerEvent::Online {
+                    room: "r".into(),
+                    count: 7,
+                },
                 ServerEvent::Pong { nonce: None },
-                ServerEvent::Ack { nonce: Some("n".into()), id: "x".into() },
+                ServerEvent::Ack {
+                    nonce: Some("n".into()),
+                    id: "x".into(),
+                },
             ] {
                 let bytes = encode(format, &event);
                 assert_eq!(decode_server(format, bytes.as_bytes()).unwrap(), event);
             }
+        }
+    }
+
+    #[test]
+    fn borrowed_danmaku_encodes_like_the_owned_event() {
+        for format in Format::ALL {
+            let event = danmaku(3);
+            let ServerEvent::Danmaku(d) = &event else {
+                unreachable!()
+            };
+            assert_eq!(encode_danmaku(format, d), encode(format, &event));
         }
     }
 

@@ -12,8 +12,8 @@ mod event;
 mod validate;
 
 pub use codec::{
-    batch_frame, decode_client, decode_server, encode, DecodeError, Encoded, Format,
-    SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+    batch_frame, decode_client, decode_server, encode, encode_danmaku, DecodeError, Encoded,
+    Format, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
 pub use event::{
     ClientEvent, Danmaku, ErrorCode, Hello, Limits, Mode, Ping, Post, RejectCode, ServerEvent,

@@ -1,5 +1,5 @@
-//! Validation of the strings that come from outside: room ids, nicknames,
-//! colours and nonces. Pure functions, so both the gateway and third-party
+//! Validation of the strings that come from outside: room ids, nicknames
+//! and colours (nonce length is checked where nonces are used). Pure functions, so both the gateway and third-party
 //! tools apply the same rules.
 
 use std::fmt;
@@ -72,7 +72,7 @@ pub enum InvalidNick {
     #[error("nick is longer than 24 characters")]
     TooLong,
     /// A control or formatting character.
-    #[error("nick may not contain control characters")]
+    #[error("nick may not contain control, bidi-control or zero-width characters")]
     BadChar,
 }
 
@@ -86,7 +86,10 @@ pub fn validate_nick(nick: &str) -> Result<String, InvalidNick> {
     if nick.chars().count() > MAX_NICK_CHARS {
         return Err(InvalidNick::TooLong);
     }
-    if nick.chars().any(|c| c.is_control() || is_invisible_format(c)) {
+    if nick
+        .chars()
+        .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(InvalidNick::BadChar);
     }
     Ok(nick.to_owned())

@@ -1,0 +1,342 @@
+//! Gateway settings: a TOML file overridden by `DANMAKU_*` environment
+//! variables, every key flat so that each is one plain variable
+//! (`max_text_chars` is `DANMAKU_MAX_TEXT_CHARS`). README.md documents every
+//! key with its default; `Settings::default` is the single source of them.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use danmaku_bus::BusConfig;
+use danmaku_moderation::Policy;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every environment variable the gateway reads.
+pub const ENV_PREFIX: &str = "DANMAKU";
+/// The config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+
+/// Every setting of a gateway process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on for HTTP and WebSocket.
+    pub listen: SocketAddr,
+    /// This instance's id, unique in the fleet; empty means `<hostname>-<pid>`.
+    pub instance_id: String,
+    /// The address other parties should use to reach this instance (shown in
+    /// `/api/instances`); empty means `listen`.
+    pub public_address: String,
+    /// Redis URL; empty runs on the embedded in-process bus.
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel, so deployments can share a Redis.
+    pub redis_prefix: String,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+
+    /// Longest comment in Unicode scalar values.
+    pub max_text_chars: u32,
+    /// Largest client frame in bytes; larger closes the socket with 1009.
+    pub max_frame_bytes: u32,
+    /// Posts per connection per `post_window_ms`, sustained.
+    pub post_rate_count: u32,
+    /// Window of `post_rate_count`, in ms.
+    pub post_window_ms: u64,
+    /// Posts a connection may send at once before the rate applies.
+    pub post_burst: u32,
+    /// The bad frame that reaches this count within `bad_frame_window_ms` closes with 1008.
+    pub bad_frame_limit: u32,
+    /// Window of `bad_frame_limit`, in ms.
+    pub bad_frame_window_ms: u64,
+    /// Most simultaneous WebSocket connections; beyond, upgrades get HTTP 503.
+    pub max_connections: usize,
+
+    /// How long a busy room gathers events into one `batch` frame, in ms.
+    pub flush_window_ms: u64,
+    /// Most events in one `batch` frame; more are split over several frames.
+    pub max_batch_items: usize,
+    /// Frames queued per connection before the oldest danmaku are dropped.
+    pub outbox_frames: usize,
+    /// A connection whose queue stays full this long is closed (1008 "too slow"), in ms.
+    pub slow_close_ms: u64,
+    /// Interval of WebSocket pings, in ms.
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is closed, in ms.
+    pub idle_timeout_ms: u64,
+    /// Interval of `online` events to each room, in ms.
+    pub online_interval_ms: u64,
+    /// How long shutdown waits for sockets to close after 1001, in ms.
+    pub shutdown_grace_ms: u64,
+
+    /// Kernel send buffer (SO_SNDBUF) of each accepted socket, in bytes; 0
+    /// leaves the kernel's autotuning, which on fast links lets megabytes pile
+    /// up unseen for a client that stopped reading.
+    pub tcp_send_buffer_bytes: usize,
+    /// tungstenite read buffer per connection, in bytes.
+    pub read_buffer_bytes: usize,
+    /// tungstenite write buffer per connection: writes are gathered up to this, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Hard cap of a connection's write buffer, in bytes.
+    pub max_write_buffer_bytes: usize,
+
+    /// Comments kept per room for `hello.recent`.
+    pub history_len: usize,
+    /// Comments older than this are left out of `hello.recent`, in ms.
+    pub history_max_age_ms: u64,
+    /// Comments buffered per room between bus and room task.
+    pub room_buffer: usize,
+    /// Interval of presence heartbeats (online counts to the bus), in ms.
+    pub heartbeat_interval_ms: u64,
+    /// A heartbeat expires after this, so a dead instance leaves the counts, in ms.
+    pub heartbeat_ttl_ms: u64,
+    /// How long a room stays subscribed on the bus after its last local viewer left, in ms.
+    pub unsubscribe_linger_ms: u64,
+    /// How long a bus operation may take before it counts as failed, in ms.
+    pub bus_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            instance_id: String::new(),
+            public_address: String::new(),
+            redis_url: String::new(),
+            redis_prefix: "danmaku:".into(),
+            log_format: "text".into(),
+            max_text_chars: 100,
+            max_frame_bytes: 4096,
+            post_rate_count: 5,
+            post_window_ms: 10_000,
+            post_burst: 3,
+            bad_frame_limit: 10,
+            bad_frame_window_ms: 60_000,
+            max_connections: 100_000,
+            flush_window_ms: 50,
+            max_batch_items: 256,
+            outbox_frames: 128,
+            slow_close_ms: 10_000,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            online_interval_ms: 5_000,
+            shutdown_grace_ms: 5_000,
+            tcp_send_buffer_bytes: 0,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 8192,
+            max_write_buffer_bytes: 256 * 1024,
+            history_len: 50,
+            history_max_age_ms: 600_000,
+            room_buffer: 4096,
+            heartbeat_interval_ms: 2_000,
+            heartbeat_ttl_ms: 15_000,
+            unsubscribe_linger_ms: 10_000,
+            bus_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Settings that could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or a value has the wrong type.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but cannot work.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads settings: defaults, then the file (`path`, or
+    /// `config/default.toml` when present), then `DANMAKU_*` variables of
+    /// `env`. Everything is checked before anything binds.
+    pub fn load<I>(path: Option<&Path>, env: I) -> Result<Settings, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let mut builder = config::Config::builder();
+        match path {
+            Some(p) => builder = builder.add_source(config::File::from(p).required(true)),
+            None => {
+                builder =
+                    builder.add_source(config::File::with_name(DEFAULT_CONFIG_PATH).required(false))
+            }
+        }
+        let vars: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, u64); 14] = [
+            ("max_text_chars", self.max_text_chars.into()),
+            ("max_frame_bytes", self.max_frame_bytes.into()),
+            ("post_rate_count", self.post_rate_count.into()),
+            ("post_window_ms", self.post_window_ms),
+            ("post_burst", self.post_burst.into()),
+            ("bad_frame_window_ms", self.bad_frame_window_ms),
+            ("flush_window_ms", self.flush_window_ms),
+            ("max_batch_items", self.max_batch_items as u64),
+            ("outbox_frames", self.outbox_frames as u64),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("online_interval_ms", self.online_interval_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("bus_timeout_ms", self.bus_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid {
+                key: "log_format",
+                reason: "must be `text` or `json`".into(),
+            });
+        }
+        if self.max_write_buffer_bytes <= self.write_buffer_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max_write_buffer_bytes",
+                reason: "must be larger than write_buffer_bytes".into(),
+            });
+        }
+        if self.heartbeat_ttl_ms <= self.heartbeat_interval_ms {
+            return Err(ConfigError::Invalid {
+                key: "heartbeat_ttl_ms",
+                reason: "must be larger than heartbeat_interval_ms".into(),
+            });
+        }
+        let redis_scheme = ["redis://", "rediss://"]
+            .iter()
+            .any(|p| self.redis_url.starts_with(p));
+        if !self.redis_url.is_empty() && !redis_scheme {
+            return Err(ConfigError::Invalid {
+                key: "redis_url",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The instance id, with the default filled in.
+    pub fn instance_id(&self) -> String {
+        if !self.instance_id.is_empty() {
+            return self.instance_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "gateway".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// The moderation policy these settings describe.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_text_chars: self.max_text_chars,
+            post_rate_count: self.post_rate_count,
+            post_window: ms(self.post_window_ms),
+            post_burst: self.post_burst,
+        }
+    }
+
+    /// The bus settings these settings describe.
+    pub fn bus_config(&self) -> BusConfig {
+        BusConfig {
+            history_len: self.history_len,
+            history_max_age: ms(self.history_max_age_ms),
+            room_buffer: self.room_buffer,
+        }
+    }
+}
+
+/// Milliseconds as a `Duration`.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_without_file_or_env() {
+        let s = Settings::load(Some(Path::new("/nonexistent")), env(&[]));
+        assert!(s.is_err(), "an explicit missing file is an error");
+        let s = Settings::load(None, env(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn environment_overrides_plain_keys() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("DANMAKU_LISTEN", "127.0.0.1:9000"),
+                ("DANMAKU_INSTANCE_ID", "gw-7"),
+                ("DANMAKU_MAX_TEXT_CHARS", "20"),
+                ("OTHER_THING", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.instance_id(), "gw-7");
+        assert_eq!(s.max_text_chars, 20);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("danmaku-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("g.toml");
+        std::fs::write(&file, "flush_window_ms = 10\npost_burst = 7\n").unwrap();
+        let s = Settings::load(Some(&file), env(&[("DANMAKU_POST_BURST", "9")])).unwrap();
+        assert_eq!((s.flush_window_ms, s.post_burst), (10, 9));
+        std::fs::write(&file, "flush_windw_ms = 10\n").unwrap();
+        let err = Settings::load(Some(&file), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flush_windw_ms"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (key, value) in [
+            ("DANMAKU_LISTEN", "not-an-address"),
+            ("DANMAKU_MAX_TEXT_CHARS", "many"),
+            ("DANMAKU_FLUSH_WINDOW_MS", "0"),
+            ("DANMAKU_LOG_FORMAT", "xml"),
+        ] {
+            let err = Settings::load(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            let name = key.trim_start_matches("DANMAKU_").to_lowercase();
+            assert!(err.contains(&name), "{key}: {err}");
+        }
+    }
+}

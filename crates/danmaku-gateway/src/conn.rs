@@ -1,0 +1,389 @@
+//! One WebSocket connection: reads client frames, runs posts through
+//! moderation and onto the bus, and writes what the outbox holds.
+//!
+//! One task per connection does both directions: it waits on the socket, the
+//! outbox, the ping timer and shutdown at once, and writes every queued frame
+//! with one flush. Writes are bounded in time, so a stalled client is closed
+//! instead of holding anything up; nothing else ever waits on this task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use danmaku_bus::now_ms;
+use danmaku_moderation::ConnState;
+use danmaku_proto::{
+    decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Post, RoomId,
+    ServerEvent, MAX_NONCE_BYTES,
+};
+use futures_util::SinkExt;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
+
+use crate::outbox::{Drained, Outbox};
+use crate::rooms::to_message;
+use crate::Gateway;
+
+/// Close code for a server going down (RFC 6455 §7.4.1).
+const GOING_AWAY: u16 = 1001;
+/// Close code for invalid UTF-8 in a text frame.
+const INVALID_PAYLOAD: u16 = 1007;
+/// Close code for a policy violation: too slow, too many bad frames.
+const POLICY: u16 = 1008;
+/// Close code for a frame over the size limit.
+const TOO_BIG: u16 = 1009;
+/// Close code for a normal close.
+const NORMAL: u16 = 1000;
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed or the socket failed: nothing more to say.
+    Gone,
+    /// The server is shutting down.
+    GoingAway,
+    /// The outbox stayed full, or a write stalled, for `slow_close_ms`.
+    TooSlow,
+    /// `bad_frame_limit` bad frames within the window.
+    BadFrames,
+    /// A frame over `max_frame_bytes`.
+    TooBig,
+    /// Invalid UTF-8 in a text frame.
+    BadUtf8,
+    /// Nothing heard for `idle_timeout_ms`.
+    Idle,
+}
+
+impl End {
+    fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            End::Gone => None,
+            End::GoingAway => Some((GOING_AWAY, "going away")),
+            End::TooSlow => Some((POLICY, "too slow")),
+            End::BadFrames => Some((POLICY, "too many bad frames")),
+            End::TooBig => Some((TOO_BIG, "frame too large")),
+            End::BadUtf8 => Some((INVALID_PAYLOAD, "invalid utf-8")),
+            End::Idle => Some((NORMAL, "idle timeout")),
+        }
+    }
+}
+
+/// Who is on the other end of a socket.
+pub struct Viewer {
+    /// The room joined.
+    pub room: RoomId,
+    /// The negotiated encoding.
+    pub format: Format,
+    /// `guest-xxxxxx`.
+    pub user: String,
+    /// Display name from `?nick=`.
+    pub name: Option<String>,
+}
+
+struct Conn {
+    gw: Arc<Gateway>,
+    ws: WebSocket,
+    outbox: Arc<Outbox>,
+    viewer: Viewer,
+    moderation: ConnState,
+    /// Bad frames in the current window, and when the window started.
+    bad_frames: (u32, Instant),
+    /// When the client last sent anything, pongs included.
+    last_heard: Instant,
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer) {
+    let outbox = Arc::new(Outbox::new(gw.settings.outbox_frames));
+    let membership = gw.rooms.join(&viewer.room, outbox.clone(), viewer.format);
+    let recent = match tokio::time::timeout(gw.bus_timeout(), gw.bus.recent(&viewer.room)).await {
+        Ok(Ok(recent)) => recent,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Recent history unavailable");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("Recent history timed out");
+            Vec::new()
+        }
+    };
+    let hello = ServerEvent::Hello(Hello {
+        room: viewer.room.as_str().to_owned(),
+        user: viewer.user.clone(),
+        name: viewer.name.clone(),
+        online: gw
+            .presence
+            .online(viewer.room.as_str(), membership.local_count()),
+        server: gw.instance_id.clone(),
+        limits: gw.limits.clone(),
+        recent,
+    });
+    outbox.push_control(to_message(encode(viewer.format, &hello)));
+    tracing::debug!("Connected");
+
+    let now = Instant::now();
+    let mut conn = Conn {
+        moderation: gw.moderator.conn_state(),
+        gw,
+        ws,
+        outbox,
+        viewer,
+        bad_frames: (0, now),
+        last_heard: now,
+    };
+    let end = conn.run().await;
+    drop(membership);
+    if end == End::TooSlow {
+        conn.gw
+            .rooms
+            .stats
+            .slow_evictions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            dropped = conn.outbox.dropped(),
+            "Closing a connection that is too slow"
+        );
+    }
+    conn.finish(end).await;
+    tracing::debug!(reason = ?end, dropped = conn.outbox.dropped(), "Disconnected");
+}
+
+impl Conn {
+    async fn run(&mut self) -> End {
+        let mut shutdown = self.gw.shutdown.clone();
+        if *shutdown.borrow() {
+            return End::GoingAway;
+        }
+        let ping_every = crate::config::ms(self.gw.settings.ping_interval_ms);
+        let idle = crate::config::ms(self.gw.settings.idle_timeout_ms);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        loop {
+            if let Err(end) = self.write_pending().await {
+                return end;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return End::GoingAway,
+                _ = self.outbox.ready() => {}
+                msg = self.ws.recv() => match msg {
+                    None => return End::Gone,
+                    Some(Ok(msg)) => {
+                        self.last_heard = Instant::now();
+                        if let Some(end) = self.on_message(msg).await {
+                            return end;
+                        }
+                    }
+                    Some(Err(e)) => return classify(e),
+                },
+                _ = ping.tick() => {
+                    if self.last_heard.elapsed() >= idle {
+                        return End::Idle;
+                    }
+                    // Queued like any frame; the next write sends it.
+                    if self.ws.feed(Message::Ping(Default::default())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued, control frames first, with one flush per
+    /// drain. Gives up, as too slow, when a write does not finish in time or
+    /// the outbox marks the connection evicted meanwhile.
+    async fn write_pending(&mut self) -> Result<(), End> {
+        let limit = crate::config::ms(self.gw.settings.slow_close_ms);
+        loop {
+            let mut frames = Vec::new();
+            if self.outbox.drain(&mut frames) == Drained::Evicted {
+                return Err(End::TooSlow);
+            }
+            if frames.is_empty() {
+                // Flush a lone ping, if one was fed.
+                return match tokio::time::timeout(limit, self.ws.flush()).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(End::Gone),
+                    Err(_) => Err(End::TooSlow),
+                };
+            }
+            let ws = &mut self.ws;
+            let write = async move {
+                for frame in frames {
+                    ws.feed(frame).await?;
+                }
+                ws.flush().await
+            };
+            tokio::select! {
+                written = tokio::time::timeout(limit, write) => match written {
+                    Ok(Ok(())) => self.outbox.flushed(),
+                    Ok(Err(_)) => return Err(End::Gone),
+                    Err(_) => return Err(End::TooSlow),
+                },
+                _ = self.outbox.evicted() => return Err(End::TooSlow),
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Option<End> {
+        match msg {
+            Message::Text(text) => self.on_frame(Format::Json, text.as_bytes()).await,
+            Message::Binary(bytes) => self.on_frame(Format::MsgPack, &bytes).await,
+            // tungstenite answers pings itself; both only prove liveness.
+            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Close(_) => Some(End::Gone),
+        }
+    }
+
+    /// Handles one data frame; text frames are JSON and binary frames are
+    /// MessagePack whatever was negotiated, and replies use the negotiated one.
+    async fn on_frame(&mut self, frame_format: Format, bytes: &[u8]) -> Option<End> {
+        match decode_client(frame_format, bytes) {
+            Err(e) => self.bad_frame(e.to_string()),
+            Ok(ClientEvent::Ping(ping)) => {
+                if ping
+                    .nonce
+                    .as_ref()
+                    .is_some_and(|n| n.len() > MAX_NONCE_BYTES)
+                {
+                    return self.bad_frame(format!("nonce is longer than {MAX_NONCE_BYTES} bytes"));
+                }
+                self.reply(&ServerEvent::Pong { nonce: ping.nonce });
+                None
+            }
+            Ok(ClientEvent::Post(post)) => {
+                self.on_post(post).await;
+                None
+            }
+        }
+    }
+
+    fn bad_frame(&mut self, reason: String) -> Option<End> {
+        let settings = &self.gw.settings;
+        let now = Instant::now();
+        let (count, since) = &mut self.bad_frames;
+        if now.duration_since(*since) >= crate::config::ms(settings.bad_frame_window_ms) {
+            *count = 0;
+            *since = now;
+        }
+        *count += 1;
+        tracing::debug!(count = *count, reason = %reason, "Bad frame");
+        if *count >= settings.bad_frame_limit {
+            return Some(End::BadFrames);
+        }
+        let mut message = reason;
+        message.truncate(message.floor_char_boundary(200));
+        self.reply(&ServerEvent::Error {
+            code: ErrorCode::BadFrame,
+            message,
+        });
+        None
+    }
+
+    async fn on_post(&mut self, post: Post) {
+        let gw = &self.gw;
+        // An over-long nonce is refused, and not echoed: echoes stay in bounds.
+        let nonce = post.nonce.clone().filter(|n| n.len() <= MAX_NONCE_BYTES);
+        let accepted = match gw.moderator.check(&self.moderation, &post) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                gw.stats
+                    .posts_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let event = ServerEvent::Reject {
+                    nonce,
+                    code: refusal.code,
+                    message: refusal.message,
+                    retry_after_ms: refusal.retry_after.map(|d| d.as_millis() as u64),
+                };
+                self.reply(&event);
+                return;
+            }
+        };
+        let comment = Arc::new(Danmaku {
+            id: gw.ids.next(),
+            room: self.viewer.room.as_str().to_owned(),
+            user: self.viewer.user.clone(),
+            name: self.viewer.name.clone(),
+            text: accepted.text,
+            color: accepted.color,
+            mode: accepted.mode,
+            ts: now_ms(),
+        });
+        let id = comment.id.clone();
+        // The outbox is not drained while this awaits, so the ack is queued
+        // before the poster's own comment can be written.
+        let published = tokio::time::timeout(gw.bus_timeout(), gw.bus.publish(comment)).await;
+        let event = match published {
+            Ok(Ok(())) => {
+                gw.stats
+                    .posts_accepted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ServerEvent::Ack { nonce, id }
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "bus timed out".to_owned(),
+                };
+                tracing::warn!(error = %why, "Publish failed");
+                gw.stats
+                    .posts_rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ServerEvent::Reject {
+                    nonce,
+                    code: danmaku_proto::RejectCode::Unavailable,
+                    message: "service temporarily unavailable; nothing was published".into(),
+                    retry_after_ms: Some(1000),
+                }
+            }
+        };
+        self.reply(&event);
+    }
+
+    fn reply(&self, event: &ServerEvent) {
+        self.outbox
+            .push_control(to_message(encode(self.viewer.format, event)));
+    }
+
+    /// Sends the close frame `end` calls for, then waits briefly for the
+    /// client's answer so the close is clean rather than a reset.
+    async fn finish(&mut self, end: End) {
+        let Some((code, reason)) = end.close_frame() else {
+            return;
+        };
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        let patience = Duration::from_secs(1);
+        if !matches!(
+            tokio::time::timeout(patience, self.ws.send(close)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        if end == End::TooSlow {
+            return;
+        }
+        let _ = tokio::time::timeout(2 * patience, async {
+            while let Some(Ok(msg)) = self.ws.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Maps a read error to how the connection ends.
+fn classify(e: axum::Error) -> End {
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) => match *e {
+            tungstenite::Error::Capacity(_) => End::TooBig,
+            tungstenite::Error::Utf8(_) => End::BadUtf8,
+            _ => End::Gone,
+        },
+        Err(_) => End::Gone,
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the gateway over real sockets: one test binary with
+//! a module per area, all through the public WebSocket and HTTP surface.
+
+mod limits;
+mod protocol;
+mod shutdown;
+mod slow;
+mod support;

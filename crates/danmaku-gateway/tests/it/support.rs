@@ -1,0 +1,412 @@
+//! Test support: in-process gateways on `127.0.0.1:0`, real WebSocket
+//! clients, JSON Schema validation of every frame a client sees, and an
+//! "eventually" helper instead of sleeps.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use danmaku_gateway::{GatewayError, Settings};
+use danmaku_proto::{decode_server, Format, Hello, ServerEvent};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single expectation may take before the test fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Settings for tests: everything the defaults have, on a free port, with
+/// short heartbeats.
+pub fn settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_interval_ms: 200,
+        heartbeat_ttl_ms: 1_000,
+        shutdown_grace_ms: 3_000,
+        ..Settings::default()
+    }
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
+}
+
+impl TestGateway {
+    /// Starts a gateway with `settings`.
+    pub async fn start(settings: Settings) -> TestGateway {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(danmaku_gateway::run(listener, settings, async move {
+            let _ = rx.await;
+        }));
+        TestGateway {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a gateway with test settings changed by `f`.
+    pub async fn with(f: impl FnOnce(&mut Settings)) -> TestGateway {
+        let mut s = settings();
+        f(&mut s);
+        TestGateway::start(s).await
+    }
+
+    /// `ws://addr/ws/room`.
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/ws/{room}", self.addr)
+    }
+
+    /// Connects a JSON client to `room` and reads its `hello`.
+    pub async fn join(&self, room: &str) -> Client {
+        Client::connect(&self.url(room), None).await
+    }
+
+    /// GETs a JSON document from the gateway's HTTP API.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http_get(self.addr, path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), GatewayError> {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("gateway stops in time")
+            .unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends a raw HTTP request and returns status and body.
+pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Retries `check` until it returns `Some`, or fails the test after `PATIENCE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The schema validator of every server event, from `proto/schema/`.
+pub fn server_schema() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/schema");
+        let mut opts = jsonschema::options();
+        let mut root = None;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let id = doc["$id"].as_str().unwrap().to_owned();
+            if path.file_name().unwrap() == "server-event.json" {
+                root = Some(doc.clone());
+            }
+            opts = opts.with_resource(id, jsonschema::Resource::from_contents(doc).unwrap());
+        }
+        opts.build(&root.expect("server-event.json")).unwrap()
+    })
+}
+
+/// Fails the test if `frame` does not match the protocol's schemas.
+pub fn assert_valid_frame(frame: &serde_json::Value) {
+    let v = server_schema();
+    let errors: Vec<String> = v
+        .iter_errors(frame)
+        .map(|e| format!("{e} at {}", e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "frame violates the schema: {frame}\n{}",
+        errors.join("\n")
+    );
+}
+
+/// What arrived in one frame.
+#[derive(Debug)]
+pub enum Received {
+    /// One event, possibly a batch (kept whole).
+    Event(ServerEvent),
+    /// A close frame.
+    Close(Option<(u16, String)>),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A real WebSocket client.
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// The negotiated format.
+    pub format: Format,
+    /// The first event.
+    pub hello: Hello,
+    /// Events of batches not yet handed out.
+    queued: VecDeque<ServerEvent>,
+    /// How many frames were batches, and how many events they held.
+    pub batches: usize,
+    /// Events that came in batches.
+    pub batched_events: usize,
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
+    nonce: u64,
+}
+
+impl Client {
+    /// Connects offering `protocols` (none when `None`) and reads `hello`.
+    pub async fn connect(url: &str, protocols: Option<&str>) -> Client {
+        let (ws, protocol) = connect_raw(url, protocols)
+            .await
+            .expect("websocket connects");
+        let format = match protocol.as_deref() {
+            Some(p) => Format::from_subprotocol(p).expect("known subprotocol"),
+            None => Format::Json,
+        };
+        let mut c = Client {
+            ws,
+            format,
+            hello: placeholder_hello(),
+            queued: VecDeque::new(),
+            batches: 0,
+            batched_events: 0,
+            protocol,
+            nonce: 0,
+        };
+        match c.recv().await {
+            Received::Event(ServerEvent::Hello(h)) => c.hello = h,
+            other => panic!("expected hello first, got {other:?}"),
+        }
+        c
+    }
+
+    /// Sends a JSON (or MessagePack, per the format) event built from `json`.
+    pub async fn send_event(&mut self, json: serde_json::Value) {
+        let msg = match self.format {
+            Format::Json => Message::Text(json.to_string().into()),
+            Format::MsgPack => Message::Binary(rmp_serde::to_vec_named(&json).unwrap().into()),
+        };
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// Posts `text` with a fresh nonce, returned.
+    pub async fn post(&mut self, text: &str) -> String {
+        self.nonce += 1;
+        let nonce = format!("n{}", self.nonce);
+        self.send_event(serde_json::json!({"type": "post", "text": text, "nonce": nonce}))
+            .await;
+        nonce
+    }
+
+    /// Sends a raw message.
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// Sends a text frame whose payload is not UTF-8.
+    pub async fn send_invalid_utf8(&mut self) {
+        let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+        self.ws.send(Message::Frame(frame)).await.unwrap();
+    }
+
+    /// Reads the next frame, validating its payload against the schemas.
+    pub async fn recv(&mut self) -> Received {
+        loop {
+            let next = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame in time");
+            let msg = match next {
+                None | Some(Err(_)) => return Received::Ended,
+                Some(Ok(m)) => m,
+            };
+            let (format, bytes) = match &msg {
+                Message::Text(t) => (Format::Json, t.as_bytes().to_vec()),
+                Message::Binary(b) => (Format::MsgPack, b.to_vec()),
+                Message::Close(c) => {
+                    return Received::Close(
+                        c.as_ref()
+                            .map(|c: &CloseFrame| (u16::from(c.code), c.reason.to_string())),
+                    )
+                }
+                _ => continue,
+            };
+            assert_eq!(
+                format, self.format,
+                "frame type matches the negotiated subprotocol"
+            );
+            let value: serde_json::Value = match format {
+                Format::Json => serde_json::from_slice(&bytes).unwrap(),
+                Format::MsgPack => rmp_serde::from_slice(&bytes).unwrap(),
+            };
+            assert_valid_frame(&value);
+            return Received::Event(decode_server(format, &bytes).unwrap());
+        }
+    }
+
+    /// The next event, batches unpacked; `online` events are skipped unless
+    /// `keep_online`.
+    pub async fn next_event_with(&mut self, keep_online: bool) -> ServerEvent {
+        loop {
+            let event = match self.queued.pop_front() {
+                Some(e) => e,
+                None => match self.recv().await {
+                    Received::Event(ServerEvent::Batch { items }) => {
+                        self.batches += 1;
+                        self.batched_events += items.len();
+                        self.queued.extend(items);
+                        continue;
+                    }
+                    Received::Event(e) => e,
+                    other => panic!("expected an event, got {other:?}"),
+                },
+            };
+            if keep_online || !matches!(event, ServerEvent::Online { .. }) {
+                return event;
+            }
+        }
+    }
+
+    /// The next event other than `online`, batches unpacked.
+    pub async fn next_event(&mut self) -> ServerEvent {
+        self.next_event_with(false).await
+    }
+
+    /// Reads until a close frame; returns its code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Received::Close(Some(c)) => return c,
+                Received::Close(None) => panic!("close frame without a code"),
+                Received::Ended => panic!("connection ended without a close frame"),
+                Received::Event(_) => continue,
+            }
+        }
+    }
+}
+
+fn placeholder_hello() -> Hello {
+    Hello {
+        room: String::new(),
+        user: String::new(),
+        name: None,
+        online: 0,
+        server: String::new(),
+        limits: danmaku_proto::Limits {
+            max_text_chars: 0,
+            max_frame_bytes: 0,
+            max_nonce_bytes: 0,
+            post_rate_count: 0,
+            post_window_ms: 0,
+            post_burst: 0,
+        },
+        recent: Vec::new(),
+    }
+}
+
+/// Opens a WebSocket offering `protocols`; returns the socket and the chosen
+/// subprotocol, or the handshake error (an HTTP refusal carries its status).
+pub async fn connect_raw(
+    url: &str,
+    protocols: Option<&str>,
+) -> Result<
+    (WebSocketStream<MaybeTlsStream<TcpStream>>, Option<String>),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(p) = protocols {
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
+    }
+    let (ws, response) = tokio_tungstenite::connect_async(request).await?;
+    let protocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .map(|v| v.to_str().unwrap().to_owned());
+    Ok((ws, protocol))
+}
+
+/// The HTTP status of a refused WebSocket handshake.
+pub async fn refused_status(url: &str) -> (u16, String) {
+    match connect_raw(url, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
+    }
+}
