@@ -339,4 +339,30 @@ mod tests {
             assert!(err.contains(&name), "{key}: {err}");
         }
     }
+
+    /// `config/default.toml` documents every key with its default, and the
+    /// README's table names every key: both must match the code.
+    #[test]
+    fn shipped_config_and_readme_match_the_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let shipped = std::fs::read_to_string(root.join(DEFAULT_CONFIG_PATH)).unwrap();
+        let uncommented: String = shipped
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("danmaku-cfg-shipped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("default.toml");
+        std::fs::write(&file, &uncommented).unwrap();
+        assert_eq!(Settings::load(Some(&file), env(&[])).unwrap(), Settings::default());
+
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let keys = serde_json::to_value(Settings::default()).unwrap();
+        for key in keys.as_object().unwrap().keys() {
+            assert!(uncommented.contains(&format!("{key} = ")), "{key} missing from config/default.toml");
+            assert!(readme.contains(&format!("| `{key}` |")), "{key} missing from README.md");
+        }
+    }
 }
