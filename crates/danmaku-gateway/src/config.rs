@@ -121,7 +121,7 @@ impl Default for Settings {
             online_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
             tcp_send_buffer_bytes: 0,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 512,
             write_buffer_bytes: 8192,
             max_write_buffer_bytes: 256 * 1024,
             history_len: 50,
@@ -356,13 +356,22 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("default.toml");
         std::fs::write(&file, &uncommented).unwrap();
-        assert_eq!(Settings::load(Some(&file), env(&[])).unwrap(), Settings::default());
+        assert_eq!(
+            Settings::load(Some(&file), env(&[])).unwrap(),
+            Settings::default()
+        );
 
         let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
         let keys = serde_json::to_value(Settings::default()).unwrap();
         for key in keys.as_object().unwrap().keys() {
-            assert!(uncommented.contains(&format!("{key} = ")), "{key} missing from config/default.toml");
-            assert!(readme.contains(&format!("| `{key}` |")), "{key} missing from README.md");
+            assert!(
+                uncommented.contains(&format!("{key} = ")),
+                "{key} missing from config/default.toml"
+            );
+            assert!(
+                readme.contains(&format!("| `{key}` |")),
+                "{key} missing from README.md"
+            );
         }
     }
 }

@@ -144,11 +144,14 @@ pub async fn serve(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer) {
             "Closing a connection that is too slow"
         );
     }
-    conn.finish(end).await;
+    Box::pin(conn.finish(end)).await;
     tracing::debug!(reason = ?end, dropped = conn.outbox.dropped(), "Disconnected");
 }
 
 impl Conn {
+    /// The connection's loop. Its own state is kept small, since every idle
+    /// connection holds it: the busy paths (writing, handling a client
+    /// frame) are boxed futures that exist only while they run.
     async fn run(&mut self) -> End {
         let mut shutdown = self.gw.shutdown.clone();
         if *shutdown.borrow() {
@@ -157,9 +160,21 @@ impl Conn {
         let ping_every = crate::config::ms(self.gw.settings.ping_interval_ms);
         let idle = crate::config::ms(self.gw.settings.idle_timeout_ms);
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        let mut ping_due = false;
         loop {
-            if let Err(end) = self.write_pending().await {
-                return end;
+            let mut frames = Vec::new();
+            if self.outbox.drain(&mut frames) == Drained::Evicted {
+                return End::TooSlow;
+            }
+            if !frames.is_empty() || ping_due {
+                if ping_due {
+                    frames.push(Message::Ping(Default::default()));
+                    ping_due = false;
+                }
+                if let Err(end) = Box::pin(self.write(frames)).await {
+                    return end;
+                }
+                continue;
             }
             tokio::select! {
                 biased;
@@ -169,7 +184,7 @@ impl Conn {
                     None => return End::Gone,
                     Some(Ok(msg)) => {
                         self.last_heard = Instant::now();
-                        if let Some(end) = self.on_message(msg).await {
+                        if let Some(end) = Box::pin(self.on_message(msg)).await {
                             return end;
                         }
                     }
@@ -179,48 +194,34 @@ impl Conn {
                     if self.last_heard.elapsed() >= idle {
                         return End::Idle;
                     }
-                    // Queued like any frame; the next write sends it.
-                    if self.ws.feed(Message::Ping(Default::default())).await.is_err() {
-                        return End::Gone;
-                    }
+                    ping_due = true;
                 }
             }
         }
     }
 
-    /// Writes everything queued, control frames first, with one flush per
-    /// drain. Gives up, as too slow, when a write does not finish in time or
-    /// the outbox marks the connection evicted meanwhile.
-    async fn write_pending(&mut self) -> Result<(), End> {
+    /// Writes `frames` (control frames first, as drained) with one flush.
+    /// Gives up, as too slow, when the write does not finish within
+    /// `slow_close_ms` or the outbox marks the connection evicted meanwhile.
+    async fn write(&mut self, frames: Vec<Message>) -> Result<(), End> {
         let limit = crate::config::ms(self.gw.settings.slow_close_ms);
-        loop {
-            let mut frames = Vec::new();
-            if self.outbox.drain(&mut frames) == Drained::Evicted {
-                return Err(End::TooSlow);
+        let ws = &mut self.ws;
+        let write = async move {
+            for frame in frames {
+                ws.feed(frame).await?;
             }
-            if frames.is_empty() {
-                // Flush a lone ping, if one was fed.
-                return match tokio::time::timeout(limit, self.ws.flush()).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err(End::Gone),
-                    Err(_) => Err(End::TooSlow),
-                };
-            }
-            let ws = &mut self.ws;
-            let write = async move {
-                for frame in frames {
-                    ws.feed(frame).await?;
+            ws.flush().await
+        };
+        tokio::select! {
+            written = tokio::time::timeout(limit, write) => match written {
+                Ok(Ok(())) => {
+                    self.outbox.flushed();
+                    Ok(())
                 }
-                ws.flush().await
-            };
-            tokio::select! {
-                written = tokio::time::timeout(limit, write) => match written {
-                    Ok(Ok(())) => self.outbox.flushed(),
-                    Ok(Err(_)) => return Err(End::Gone),
-                    Err(_) => return Err(End::TooSlow),
-                },
-                _ = self.outbox.evicted() => return Err(End::TooSlow),
-            }
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::TooSlow),
+            },
+            _ = self.outbox.evicted() => Err(End::TooSlow),
         }
     }
 
