@@ -1,0 +1,266 @@
+//! Test harness shared by the workspace's integration tests: a real
+//! `redis-server` per test, on a free port of 127.0.0.1, killed when the
+//! test drops it. Tests never touch a Redis they did not start (in
+//! particular not one on the default port 6379).
+//!
+//! Blocking on purpose: starting, stopping and querying take milliseconds,
+//! and a synchronous API is usable from sync and async tests alike.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use redis;
+
+use redis::FromRedisValue;
+
+/// How long a fresh `redis-server` may take to answer its first PING.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(10);
+/// Fresh ports tried before giving up, in case another test grabs one.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Why the harness could not do what a test asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// The process could not be spawned, or a scratch file not written.
+    #[error("redis-server: {0}")]
+    Io(#[from] std::io::Error),
+    /// The process exited before answering; its log tail says why.
+    #[error("redis-server exited during startup: {0}")]
+    Exited(String),
+    /// The process runs but never answered PING.
+    #[error("redis-server did not answer PING within {0:?}")]
+    NotReady(Duration),
+    /// A command sent with [`RedisServer::redis_cli`] failed.
+    #[error("redis command failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The server is stopped; `restart` it first.
+    #[error("redis-server is stopped")]
+    Stopped,
+}
+
+/// A `redis-server` process owned by a test: no persistence, loopback only,
+/// killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    extra_args: Vec<String>,
+    /// Scratch directory for the working dir and the log file.
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    pub fn start() -> Result<RedisServer, TestkitError> {
+        RedisServer::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra command-line arguments
+    /// (`["--client-output-buffer-limit", "pubsub 64kb 0 0"]`, say) that are
+    /// kept for restarts too.
+    pub fn start_with(extra_args: &[&str]) -> Result<RedisServer, TestkitError> {
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port()?;
+            let dir =
+                std::env::temp_dir().join(format!("danmaku-testkit-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let mut server = RedisServer {
+                port,
+                extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+                dir,
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                // Most likely someone else took the port in between: retry.
+                Err(e @ TestkitError::Exited(_)) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(TestkitError::Stopped))
+    }
+
+    /// The port it listens on, the same across restarts.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether the process is running (started and not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    /// Every connection drops; with no persistence, all data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (stopping it first if it
+    /// runs) and waits until it answers PING. It comes back empty.
+    pub fn restart(&mut self) -> Result<(), TestkitError> {
+        self.stop();
+        // The port was just freed; retry briefly should the bind race.
+        let deadline = Instant::now() + STARTUP_PATIENCE;
+        loop {
+            match self.spawn() {
+                Err(TestkitError::Exited(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Runs one command (`["PUBSUB", "NUMSUB", "ch"]`) on a fresh
+    /// connection and converts the reply, e.g. to `i64` or `Vec<String>`.
+    pub fn redis_cli<T: FromRedisValue>(&self, args: &[&str]) -> Result<T, TestkitError> {
+        if self.child.is_none() {
+            return Err(TestkitError::Stopped);
+        }
+        let (name, rest) = args.split_first().ok_or_else(|| {
+            TestkitError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "empty command",
+            )))
+        })?;
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut cmd = redis::cmd(name);
+        for arg in rest {
+            cmd.arg(*arg);
+        }
+        Ok(cmd.query(&mut conn)?)
+    }
+
+    /// Subscribers of `channel` (`PUBSUB NUMSUB`): with one pub/sub
+    /// connection per gateway, the number of instances subscribed to it.
+    pub fn numsub(&self, channel: &str) -> Result<u64, TestkitError> {
+        let (_, n): (String, u64) = self.redis_cli(&["PUBSUB", "NUMSUB", channel])?;
+        Ok(n)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), TestkitError> {
+        let log = self.log_path();
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(redis_binary())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + STARTUP_PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+                return Err(TestkitError::Exited(format!(
+                    "{status}: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
+            if ping(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(TestkitError::NotReady(STARTUP_PATIENCE));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The server binary: `DANMAKU_REDIS_SERVER` if set, else `redis-server`
+/// from `PATH`.
+fn redis_binary() -> String {
+    std::env::var("DANMAKU_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// A port nobody listened on a moment ago: bind port 0, read it, let go.
+fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Whether a Redis on `port` answers PING right now.
+fn ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    redis::cmd("PING").query::<String>(&mut conn).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_answers_restarts_empty_and_dies_on_drop() {
+        let mut server = RedisServer::start().unwrap();
+        assert_ne!(server.port(), 6379);
+        let _: () = server.redis_cli(&["SET", "k", "v"]).unwrap();
+        let v: String = server.redis_cli(&["GET", "k"]).unwrap();
+        assert_eq!(v, "v");
+        assert_eq!(server.numsub("nobody").unwrap(), 0);
+
+        server.stop();
+        assert!(!ping(server.port()));
+        assert!(matches!(
+            server.redis_cli::<String>(&["PING"]),
+            Err(TestkitError::Stopped)
+        ));
+
+        server.restart().unwrap();
+        let v: Option<String> = server.redis_cli(&["GET", "k"]).unwrap();
+        assert_eq!(v, None, "no persistence across restarts");
+
+        let port = server.port();
+        drop(server);
+        assert!(!ping(port));
+    }
+
+    #[test]
+    fn extra_arguments_apply() {
+        let server = RedisServer::start_with(&["--maxmemory", "12345678"]).unwrap();
+        let (_, v): (String, String) = server.redis_cli(&["CONFIG", "GET", "maxmemory"]).unwrap();
+        assert_eq!(v, "12345678");
+    }
+}
