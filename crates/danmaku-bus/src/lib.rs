@@ -4,12 +4,14 @@
 //!
 //! The gateway talks to one [`Bus`] trait object and never knows which
 //! implementation it has: [`EmbeddedBus`] keeps everything in this process
-//! (the default for a single instance), a Redis bus shares it across a fleet.
+//! (the default for a single instance), [`RedisBus`] shares it across a
+//! fleet through one Redis.
 //!
 //! Architecture invariant: only this crate knows Redis. It knows nothing of
 //! WebSockets or of who is connected; it deals in rooms and comments.
 
 mod embedded;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +21,8 @@ use std::time::Duration;
 use danmaku_proto::{Danmaku, RoomId};
 use tokio::sync::broadcast;
 
-pub use embedded::EmbeddedBus;
+pub use crate::embedded::EmbeddedBus;
+pub use crate::redis::{RedisBus, RedisBusConfig};
 
 /// A boxed future, so [`Bus`] can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -31,6 +34,10 @@ pub enum BusError {
     /// had no effect (a post is not published).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The bus cannot be built from its settings (a malformed Redis URL, or
+    /// no async runtime to run its connections on).
+    #[error("invalid bus configuration: {0}")]
+    Config(String),
 }
 
 /// Settings shared by every bus implementation.
