@@ -110,9 +110,20 @@ fn build_bus(settings: &Settings) -> Result<Arc<dyn Bus>, GatewayError> {
     if settings.redis_url.is_empty() {
         return Ok(Arc::new(EmbeddedBus::new(settings.bus_config())));
     }
-    Err(GatewayError::Config(
-        "redis_url is not supported by this build yet".into(),
-    ))
+    // Never connects here: the bus retries in the background, so the
+    // gateway serves (not ready) while Redis is down.
+    let config = danmaku_bus::RedisBusConfig {
+        prefix: settings.redis_prefix.clone(),
+        unsubscribe_linger: ms(settings.unsubscribe_linger_ms),
+        heartbeat_ttl: ms(settings.heartbeat_ttl_ms),
+        command_timeout: ms(settings.bus_timeout_ms),
+        bus: settings.bus_config(),
+        ..danmaku_bus::RedisBusConfig::default()
+    };
+    let bus = danmaku_bus::RedisBus::new(&settings.redis_url, config)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
+    tracing::info!(prefix = %settings.redis_prefix, "Using the Redis bus");
+    Ok(Arc::new(bus))
 }
 
 /// Sets options on an accepted socket: no Nagle delay (frames are already
