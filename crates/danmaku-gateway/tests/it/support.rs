@@ -410,3 +410,89 @@ pub async fn refused_status(url: &str) -> (u16, String) {
         Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
     }
 }
+
+/// A gateway binary running as a child process, for what only a real
+/// process shows (being SIGKILLed). Killed on drop.
+pub struct GatewayProcess {
+    /// Where it listens, from its "Gateway listening" log line.
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway binary with JSON logs, `DANMAKU_INSTANCE_ID` set
+    /// to `instance_id`, `DANMAKU_LISTEN` on a free port, plus `env`; waits
+    /// until it says it listens.
+    pub async fn spawn(instance_id: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku-gateway"))
+            .env("DANMAKU_LISTEN", "127.0.0.1:0")
+            .env("DANMAKU_INSTANCE_ID", instance_id)
+            .env("DANMAKU_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let addr = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+                    continue;
+                };
+                if v["fields"]["message"] == "Gateway listening" {
+                    let addr: SocketAddr = v["fields"]["addr"].as_str().unwrap().parse().unwrap();
+                    // Keep draining so the child never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines {});
+                    return Some(addr);
+                }
+            }
+            None
+        });
+        let addr = tokio::time::timeout(PATIENCE, addr)
+            .await
+            .expect("the gateway process starts in time")
+            .unwrap()
+            .expect("the gateway process said it was listening");
+        GatewayProcess { addr, child }
+    }
+
+    /// `ws://addr/ws/room`.
+    pub fn url(&self, room: &str) -> String {
+        format!("ws://{}/ws/{room}", self.addr)
+    }
+
+    /// Kills it with SIGKILL, as a crash or the OOM killer would: no
+    /// goodbye to anyone, and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status and body of `GET /readyz`.
+pub async fn readyz(addr: SocketAddr) -> (u16, String) {
+    http_get(addr, "/readyz").await
+}
+
+/// Waits until `GET /readyz` answers 200.
+pub async fn until_ready(addr: SocketAddr) {
+    eventually("/readyz answers 200", || async {
+        (readyz(addr).await.0 == 200).then_some(())
+    })
+    .await;
+}
