@@ -16,7 +16,7 @@ use danmaku_proto::{
     decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Post, RoomId,
     ServerEvent, MAX_NONCE_BYTES,
 };
-use futures_util::SinkExt;
+use futures_util::{FutureExt, SinkExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 
@@ -212,16 +212,25 @@ impl Conn {
             }
             ws.flush().await
         };
-        tokio::select! {
-            written = tokio::time::timeout(limit, write) => match written {
-                Ok(Ok(())) => {
-                    self.outbox.flushed();
-                    Ok(())
-                }
-                Ok(Err(_)) => Err(End::Gone),
-                Err(_) => Err(End::TooSlow),
+        let mut write = std::pin::pin!(write);
+        // Most writes finish at once, when the socket has room: only a
+        // write that has to wait pays for a timer.
+        let written = match (&mut write).now_or_never() {
+            Some(done) => done,
+            None => tokio::select! {
+                written = tokio::time::timeout(limit, write) => match written {
+                    Ok(done) => done,
+                    Err(_) => return Err(End::TooSlow),
+                },
+                _ = self.outbox.evicted() => return Err(End::TooSlow),
             },
-            _ = self.outbox.evicted() => Err(End::TooSlow),
+        };
+        match written {
+            Ok(()) => {
+                self.outbox.flushed();
+                Ok(())
+            }
+            Err(_) => Err(End::Gone),
         }
     }
 

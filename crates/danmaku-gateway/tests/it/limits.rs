@@ -226,3 +226,42 @@ async fn garbage_of_every_kind_never_takes_the_server_down() {
     let (status, _) = crate::support::http_get(gw.addr, "/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_server_pings_and_closes_only_silent_connections() {
+    let gw = TestGateway::with(|s| {
+        s.ping_interval_ms = 100;
+        s.idle_timeout_ms = 400;
+    })
+    .await;
+    let mut lively = gw.join("hb").await;
+    let mut silent = gw.join("hb").await;
+
+    // The lively client reads (so its WebSocket layer answers every ping)
+    // for well past the idle timeout and sees the server's pings.
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(1_200);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            futures_util::StreamExt::next(&mut lively.ws),
+        )
+        .await
+        {
+            match msg {
+                Message::Ping(_) => pings += 1,
+                Message::Close(c) => panic!("a client that answers pings was closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert!(pings >= 3, "server pings periodically: {pings}");
+    lively.post("still here").await;
+    assert!(matches!(lively.next_event().await, ServerEvent::Ack { .. }));
+
+    // The silent client read nothing, so it answered no ping: it was closed.
+    assert_eq!(
+        silent.expect_close().await,
+        (1000, "idle timeout".to_string())
+    );
+}
