@@ -26,7 +26,10 @@
 //! at once: a post is never acknowledged when this instance could not
 //! deliver it. On reconnect every room still served is subscribed again
 //! before the bus turns ready, and the rooms' broadcast channels live on, so
-//! room tasks simply see comments resume.
+//! room tasks simply see comments resume. Comments other instances published
+//! meanwhile are recovered from the room's history (see
+//! `Inner::recover_missed`), so a dropped connection (a Redis output-buffer
+//! limit, say) loses nothing that history still holds, and repeats nothing.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -170,6 +173,13 @@ struct RoomState {
     /// Whether Redis confirmed the room's `SUBSCRIBE` on the current pub/sub
     /// connection.
     subscribed: watch::Sender<bool>,
+    /// The last comment handed to the room, where recovery resumes after a
+    /// lost pub/sub connection.
+    last: Option<Arc<Danmaku>>,
+    /// Ids recovered from history that may also arrive live on the new
+    /// connection, to be dropped then; cleared by the first live comment
+    /// that is not one of them.
+    recovered: HashSet<String>,
 }
 
 /// Releases a subscription's interest in its room on drop.
@@ -286,6 +296,8 @@ impl Bus for RedisBus {
                     local: 0,
                     idle_since: None,
                     subscribed: watch::channel(false).0,
+                    last: None,
+                    recovered: HashSet::new(),
                 });
             // New, or lingering: the pub/sub task must (re)consider it.
             let was_idle = st.local == 0;
@@ -526,9 +538,86 @@ impl Inner {
                 return;
             }
         };
-        if let Some(st) = self.rooms.lock().get(room) {
+        if let Some(st) = self.rooms.lock().get_mut(room) {
+            if !st.recovered.is_empty() {
+                if st.recovered.remove(&comment.id) {
+                    return;
+                }
+                // Live comments come in publish order: past the overlap.
+                st.recovered.clear();
+            }
+            st.last = Some(comment.clone());
             // An error only means no local subscription right now (lingering).
             let _ = st.tx.send(comment);
+        }
+    }
+
+    /// After a new pub/sub connection subscribed every room: hands each room
+    /// the comments published after its last one while it was not
+    /// subscribed, read from history (written in the same transaction as
+    /// each publish, so in the same order). Those published after the new
+    /// `SUBSCRIBE` also come live and are dropped then. Rooms whose last
+    /// comment is no longer in history (or was lost with a Redis restart)
+    /// cannot be recovered and resume with live comments only.
+    async fn recover_missed(&self) {
+        if self.config.bus.history_len == 0 {
+            return;
+        }
+        let resume: Vec<(String, String)> = self
+            .rooms
+            .lock()
+            .iter()
+            .filter_map(|(room, st)| Some((room.clone(), st.last.as_ref()?.id.clone())))
+            .collect();
+        if resume.is_empty() {
+            return;
+        }
+        let mut pipe = ::redis::pipe();
+        for (room, _) in &resume {
+            pipe.cmd("LRANGE")
+                .arg(self.keys.history(room))
+                .arg(0)
+                .arg(-1);
+        }
+        let histories: Vec<Vec<Vec<u8>>> = match self.query("recovering comments", &pipe).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "Comments missed while disconnected cannot be recovered");
+                return;
+            }
+        };
+        let (mut recovered, mut unknown) = (0usize, 0usize);
+        for ((room, last_id), raw) in resume.iter().zip(histories) {
+            let entries: Vec<Danmaku> = raw
+                .iter()
+                .filter_map(|b| rmp_serde::from_slice(b).ok())
+                .collect();
+            let Some(at) = entries.iter().position(|d| &d.id == last_id) else {
+                unknown += 1;
+                continue;
+            };
+            let missed = &entries[at + 1..];
+            if missed.is_empty() {
+                continue;
+            }
+            let mut rooms = self.rooms.lock();
+            let Some(st) = rooms.get_mut(room) else {
+                continue;
+            };
+            for d in missed {
+                let d = Arc::new(d.clone());
+                st.recovered.insert(d.id.clone());
+                st.last = Some(d.clone());
+                let _ = st.tx.send(d);
+            }
+            recovered += missed.len();
+        }
+        if recovered > 0 || unknown > 0 {
+            tracing::info!(
+                recovered,
+                rooms_unrecoverable = unknown,
+                "Recovered comments missed while disconnected"
+            );
         }
     }
 
@@ -727,6 +816,7 @@ async fn run_pubsub(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
         }
         confirm(&inner, &all);
         current.extend(all.iter().cloned());
+        inner.recover_missed().await;
         inner.set_pubsub_health(Ok(()));
         backoff.reset();
         was_up = true;

@@ -426,3 +426,50 @@ async fn a_malformed_url_is_a_config_error_and_new_never_connects() {
     let bus = RedisBus::new("redis://127.0.0.1:1/", config()).unwrap();
     assert!(matches!(bus.readiness(), Readiness::NotReady(_)));
 }
+
+#[tokio::test]
+async fn comments_published_while_the_pubsub_connection_was_down_are_recovered_once() {
+    let redis = RedisServer::start().unwrap();
+    let config = RedisBusConfig {
+        bus: BusConfig {
+            history_len: 100,
+            ..BusConfig::default()
+        },
+        ..config()
+    };
+    let a = RedisBus::new(&redis.url(), config.clone()).unwrap();
+    // `b` serves no room, so its pub/sub connection is not in pub/sub mode
+    // and survives the kill below: it keeps publishing while `a` is cut off.
+    let b = RedisBus::new(&redis.url(), config).unwrap();
+    ready(&a).await;
+    ready(&b).await;
+    let mut sub = subscribed(&a, "gap").await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let c = comment("gap", &format!("g{i}"));
+        b.publish(c.clone()).await.unwrap();
+        sent.push(c.id.clone());
+    }
+    let killed: i64 = redis
+        .redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    assert_eq!(killed, 1);
+    for i in 5..40 {
+        let c = comment("gap", &format!("g{i}"));
+        b.publish(c.clone()).await.unwrap();
+        sent.push(c.id.clone());
+    }
+    ready(&a).await;
+    for i in 40..45 {
+        let c = comment("gap", &format!("g{i}"));
+        b.publish(c.clone()).await.unwrap();
+        sent.push(c.id.clone());
+    }
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(next_id(&mut sub).await);
+    }
+    assert_eq!(got, sent, "every comment once, in order");
+    b.publish(comment("gap", "end")).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, "end", "and nothing twice");
+}
