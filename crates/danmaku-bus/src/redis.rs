@@ -556,9 +556,9 @@ impl Inner {
     /// the comments published after its last one while it was not
     /// subscribed, read from history (written in the same transaction as
     /// each publish, so in the same order). Those published after the new
-    /// `SUBSCRIBE` also come live and are dropped then. Rooms whose last
-    /// comment is no longer in history (or was lost with a Redis restart)
-    /// cannot be recovered and resume with live comments only.
+    /// `SUBSCRIBE` also come live and are dropped then. Bounded by history:
+    /// beyond `history_len` missed comments, the oldest stay lost. Rooms
+    /// that had not received any comment yet resume with live ones only.
     async fn recover_missed(&self) {
         if self.config.bus.history_len == 0 {
             return;
@@ -579,6 +579,13 @@ impl Inner {
                 .arg(0)
                 .arg(-1);
         }
+        // After a Redis restart the command connection may come back a
+        // moment after this one.
+        let deadline = Instant::now() + self.config.command_timeout;
+        while self.command.lock().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let oldest = now_ms().saturating_sub(millis(self.config.bus.history_max_age));
         let histories: Vec<Vec<Vec<u8>>> = match self.query("recovering comments", &pipe).await {
             Ok(h) => h,
             Err(e) => {
@@ -592,11 +599,16 @@ impl Inner {
                 .iter()
                 .filter_map(|b| rmp_serde::from_slice(b).ok())
                 .collect();
-            let Some(at) = entries.iter().position(|d| &d.id == last_id) else {
-                unknown += 1;
-                continue;
+            // History holds comments in publish order. Without the last one
+            // seen (trimmed away, expired, or gone with a Redis restart),
+            // every entry is newer than it: all were missed.
+            let missed: Vec<&Danmaku> = match entries.iter().position(|d| &d.id == last_id) {
+                Some(at) => entries[at + 1..].iter().collect(),
+                None => {
+                    unknown += 1;
+                    entries.iter().filter(|d| d.ts >= oldest).collect()
+                }
             };
-            let missed = &entries[at + 1..];
             if missed.is_empty() {
                 continue;
             }
@@ -604,8 +616,8 @@ impl Inner {
             let Some(st) = rooms.get_mut(room) else {
                 continue;
             };
-            for d in missed {
-                let d = Arc::new(d.clone());
+            for d in &missed {
+                let d = Arc::new((*d).clone());
                 st.recovered.insert(d.id.clone());
                 st.last = Some(d.clone());
                 let _ = st.tx.send(d);
@@ -615,7 +627,7 @@ impl Inner {
         if recovered > 0 || unknown > 0 {
             tracing::info!(
                 recovered,
-                rooms_unrecoverable = unknown,
+                rooms_without_last_seen = unknown,
                 "Recovered comments missed while disconnected"
             );
         }
