@@ -53,6 +53,9 @@ use crate::{
 /// Most channels named in one `SUBSCRIBE` or `UNSUBSCRIBE`, so a reconnect
 /// with many rooms does not build one huge command.
 const CHANNELS_PER_COMMAND: usize = 512;
+/// Clock difference between instances tolerated when comparing comment
+/// timestamps set by different instances, in ms.
+const CLOCK_SKEW_MS: u64 = 5_000;
 
 /// Settings of the Redis bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -563,17 +566,20 @@ impl Inner {
         if self.config.bus.history_len == 0 {
             return;
         }
-        let resume: Vec<(String, String)> = self
+        let resume: Vec<(String, String, u64)> = self
             .rooms
             .lock()
             .iter()
-            .filter_map(|(room, st)| Some((room.clone(), st.last.as_ref()?.id.clone())))
+            .filter_map(|(room, st)| {
+                let last = st.last.as_ref()?;
+                Some((room.clone(), last.id.clone(), last.ts))
+            })
             .collect();
         if resume.is_empty() {
             return;
         }
         let mut pipe = ::redis::pipe();
-        for (room, _) in &resume {
+        for (room, _, _) in &resume {
             pipe.cmd("LRANGE")
                 .arg(self.keys.history(room))
                 .arg(0)
@@ -594,19 +600,22 @@ impl Inner {
             }
         };
         let (mut recovered, mut unknown) = (0usize, 0usize);
-        for ((room, last_id), raw) in resume.iter().zip(histories) {
+        for ((room, last_id, last_ts), raw) in resume.iter().zip(histories) {
             let entries: Vec<Danmaku> = raw
                 .iter()
                 .filter_map(|b| rmp_serde::from_slice(b).ok())
                 .collect();
             // History holds comments in publish order. Without the last one
             // seen (trimmed away, expired, or gone with a Redis restart),
-            // every entry is newer than it: all were missed.
+            // every entry is newer than it: all were missed. Timestamps,
+            // allowing for clock skew between instances, guard against
+            // replaying older ones should an instance not keep history.
             let missed: Vec<&Danmaku> = match entries.iter().position(|d| &d.id == last_id) {
                 Some(at) => entries[at + 1..].iter().collect(),
                 None => {
                     unknown += 1;
-                    entries.iter().filter(|d| d.ts >= oldest).collect()
+                    let floor = last_ts.saturating_sub(CLOCK_SKEW_MS).max(oldest);
+                    entries.iter().filter(|d| d.ts >= floor).collect()
                 }
             };
             if missed.is_empty() {
