@@ -95,6 +95,10 @@ struct Conn {
 /// Serves one upgraded socket until it closes.
 pub async fn serve(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer) {
     let outbox = Arc::new(Outbox::new(gw.settings.outbox_frames));
+    // Join first, then read history: the bus answers `recent` only once the
+    // room's subscription is live, so every comment after `hello` reaches
+    // this viewer. The price is a possible overlap between `recent` and the
+    // live stream, which clients remove by id (proto/PROTOCOL.md).
     let membership = gw.rooms.join(&viewer.room, outbox.clone(), viewer.format);
     let recent = match tokio::time::timeout(gw.bus_timeout(), gw.bus.recent(&viewer.room)).await {
         Ok(Ok(recent)) => recent,
@@ -322,7 +326,7 @@ impl Conn {
         let id = comment.id.clone();
         // The outbox is not drained while this awaits, so the ack is queued
         // before the poster's own comment can be written.
-        let published = tokio::time::timeout(gw.bus_timeout(), gw.bus.publish(comment)).await;
+        let published = tokio::time::timeout(gw.publish_timeout(), gw.bus.publish(comment)).await;
         let event = match published {
             Ok(Ok(())) => {
                 gw.stats

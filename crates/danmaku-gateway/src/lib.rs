@@ -103,6 +103,14 @@ impl Gateway {
     pub fn bus_timeout(&self) -> Duration {
         ms(self.settings.bus_timeout_ms)
     }
+
+    /// Safety net around `Bus::publish`. The bus bounds its own work (up to
+    /// a second waiting for the room's subscription, then `bus_timeout_ms`
+    /// per command) and reports a failure itself; this outer bound is longer,
+    /// so the gateway never rejects a post the bus may still publish.
+    pub fn publish_timeout(&self) -> Duration {
+        2 * self.bus_timeout() + Duration::from_secs(1)
+    }
 }
 
 /// Builds the bus the settings ask for: embedded unless `redis_url` is set.
