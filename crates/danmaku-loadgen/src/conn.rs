@@ -1,0 +1,499 @@
+//! One simulated viewer: a task that connects, reads every frame the gateway
+//! sends and counts our comments in it, and, if it is one of its room's
+//! posters, posts on a fixed schedule.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use danmaku_proto::{ClientEvent, Format, Post, ServerEvent};
+use tokio::net::TcpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::scan::{classify, post_text, FrameKind, Scanner};
+use crate::stats::Stats;
+use crate::ws::{Client, Incoming, OP_BINARY, OP_TEXT};
+
+/// Posts one poster sends back to back at most when it fell behind its
+/// schedule; the rest of the backlog is skipped rather than bursted.
+const MAX_CATCH_UP: u32 = 64;
+
+/// Where the run is; every connection task watches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connections are being opened; nobody posts.
+    Connecting,
+    /// Posters post from `start` until `end`.
+    Posting {
+        /// First post.
+        start: Instant,
+        /// No post at or after this.
+        end: Instant,
+    },
+    /// Close every connection.
+    Stop,
+}
+
+/// A gateway to connect to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its resolved address.
+    pub addr: SocketAddr,
+    /// As given on the command line, for the `Host` header and the URL.
+    pub host: String,
+}
+
+/// Settings shared by every connection.
+pub struct Shared {
+    /// Counters of the run.
+    pub stats: Arc<Stats>,
+    /// Finds our comments in frames.
+    pub scanner: Scanner,
+    /// The encoding every connection asks for.
+    pub format: Format,
+    /// Room ids by index.
+    pub rooms: Vec<String>,
+    /// How long one connect-and-hello may take.
+    pub connect_timeout: Duration,
+    /// The run's phase.
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// A poster's place in its room's schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Time between two posts of this poster.
+    pub interval: Duration,
+    /// Delay of its first post after posting starts.
+    pub offset: Duration,
+}
+
+/// What one connection does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The gateway it connects to.
+    pub target: Arc<Target>,
+    /// Local address to bind before connecting, if any.
+    pub source: Option<IpAddr>,
+    /// Index of its room.
+    pub room: usize,
+    /// Set for posters.
+    pub poster: Option<Schedule>,
+    /// Varies the WebSocket masking keys between connections.
+    pub seed: u32,
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs one connection until the run stops or the gateway closes it.
+pub async fn run(shared: Arc<Shared>, plan: Plan) {
+    let stats = &shared.stats;
+    let connected = tokio::time::timeout(shared.connect_timeout, connect(&shared, &plan)).await;
+    let mut client = match connected {
+        Ok(Ok(client)) => client,
+        Ok(Err(e)) => {
+            stats.failed.fetch_add(1, Relaxed);
+            stats.reason(format!("connect failed: {}", short_error(&e)));
+            return;
+        }
+        Err(_) => {
+            stats.failed.fetch_add(1, Relaxed);
+            stats.reason("connect failed: timed out before hello");
+            return;
+        }
+    };
+    stats.joined(plan.room);
+    let end = Conn {
+        shared: &shared,
+        plan: &plan,
+    }
+    .serve(&mut client)
+    .await;
+    stats.left(plan.room);
+    match end {
+        // Stopped by the run: close politely, but don't wait long.
+        Ok(()) => {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.close()).await;
+        }
+        Err(why) => {
+            stats.closed_early.fetch_add(1, Relaxed);
+            stats.reason(format!("closed early: {why}"));
+        }
+    }
+}
+
+/// Opens the socket, upgrades it and waits for `hello`.
+async fn connect(shared: &Shared, plan: &Plan) -> anyhow::Result<Client> {
+    let addr = plan.target.addr;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("socket")?;
+    if let Some(ip) = plan.source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}"))?;
+    }
+    let tcp = socket.connect(addr).await.context("tcp")?;
+    tcp.set_nodelay(true).context("nodelay")?;
+    let path = format!("/ws/{}", shared.rooms[plan.room]);
+    let mut client = Client::handshake(
+        tcp,
+        &plan.target.host,
+        &path,
+        shared.format.subprotocol(),
+        plan.seed,
+    )
+    .await?;
+    // The first message must be `hello`. It may have come in with the
+    // handshake response, so look at what is buffered before reading.
+    let mut n = usize::MAX;
+    loop {
+        let mut first: Option<anyhow::Result<()>> = None;
+        let closed = client
+            .process(|m| {
+                if first.is_some() {
+                    // Frames right behind hello are rare; they are old news.
+                    return;
+                }
+                first = Some(match m {
+                    Incoming::Data { text, payload } => {
+                        let format = if text { Format::Json } else { Format::MsgPack };
+                        shared.stats.frame(payload.len(), 0, |_| ());
+                        match classify(format, payload) {
+                            FrameKind::Hello => Ok(()),
+                            other => Err(anyhow::anyhow!("first frame was {other:?}, not hello")),
+                        }
+                    }
+                    Incoming::Close(c) => Err(anyhow::anyhow!(
+                        "closed before hello: {}",
+                        close_reason(c.as_ref())
+                    )),
+                });
+            })
+            .await
+            .context("reading hello")?;
+        match first {
+            Some(result) => return result.map(|()| client),
+            None if closed || n == 0 => anyhow::bail!("closed before hello"),
+            None => n = client.read().await.context("reading hello")?,
+        }
+    }
+}
+
+/// The error with its first cause, kept short.
+fn short_error(e: &anyhow::Error) -> String {
+    match e.chain().nth(1) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+fn close_reason(close: Option<&(u16, String)>) -> String {
+    match close {
+        Some((code, reason)) => format!("close {code} {reason}"),
+        None => "close without code".into(),
+    }
+}
+
+/// The next phase of the run (the current one if `first`), with the
+/// receiver to wait for the one after; `None` once the run is gone.
+async fn next_phase(
+    mut rx: watch::Receiver<Phase>,
+    first: bool,
+) -> (watch::Receiver<Phase>, Option<Phase>) {
+    if !first && rx.changed().await.is_err() {
+        return (rx, None);
+    }
+    let phase = *rx.borrow_and_update();
+    (rx, Some(phase))
+}
+
+/// An established connection.
+struct Conn<'a> {
+    shared: &'a Shared,
+    plan: &'a Plan,
+}
+
+impl Conn<'_> {
+    /// Reads and posts until the run stops (`Ok`) or the connection ends
+    /// (`Err` with the reason).
+    async fn serve(&self, client: &mut Client) -> Result<(), String> {
+        // One waiter on the phase for the whole life of the connection,
+        // rather than a new one per frame.
+        let mut phase = Box::pin(next_phase(self.shared.phase.clone(), true));
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let mut next_post: Option<Instant> = None;
+        let mut post_end = far;
+        loop {
+            // Biased: the post timer comes before reading, or a busy
+            // socket would starve its poster.
+            tokio::select! {
+                biased;
+                (rx, changed) = &mut phase => {
+                    let Some(now) = changed else {
+                        return Ok(());
+                    };
+                    phase.set(next_phase(rx, false));
+                    match now {
+                        Phase::Connecting => {}
+                        Phase::Stop => return Ok(()),
+                        Phase::Posting { start, end } => {
+                            if let Some(s) = self.plan.poster.filter(|s| !s.interval.is_zero()) {
+                                let first = start + s.offset;
+                                next_post = Some(first);
+                                post_end = end;
+                                timer.as_mut().reset(first);
+                            }
+                        }
+                    }
+                }
+                () = &mut timer, if next_post.is_some() => {
+                    let interval = self.plan.poster.map_or(Duration::ZERO, |s| s.interval);
+                    let mut next = next_post.take().expect("guarded by the branch condition");
+                    let now = Instant::now();
+                    let mut sent = 0;
+                    while next <= now && next < post_end && sent < MAX_CATCH_UP {
+                        let Some(seq) = self.shared.stats.next_post(self.plan.room) else {
+                            next = post_end;
+                            break;
+                        };
+                        let (opcode, frame) = encode_post(self.shared.format, seq);
+                        client.queue(opcode, &frame);
+                        next += interval;
+                        sent += 1;
+                    }
+                    // Skip a backlog too large to catch up with.
+                    while next <= now {
+                        next += interval;
+                    }
+                    client.flush().await.map_err(|e| format!("write error: {e}"))?;
+                    if next < post_end {
+                        next_post = Some(next);
+                        timer.as_mut().reset(next);
+                    }
+                }
+                read = client.read() => {
+                    let n = read.map_err(|e| format!("read error: {e}"))?;
+                    let mut closed = None;
+                    client
+                        .process(|m| match m {
+                            Incoming::Data { text: true, payload } => {
+                                self.on_frame(Format::Json, payload);
+                            }
+                            Incoming::Data { text: false, payload } => {
+                                self.on_frame(Format::MsgPack, payload);
+                            }
+                            Incoming::Close(c) => closed = Some(close_reason(c.as_ref())),
+                        })
+                        .await
+                        .map_err(|e| format!("read error: {e:#}"))?;
+                    if let Some(reason) = closed {
+                        return Err(reason);
+                    }
+                    if n == 0 {
+                        return Err("connection ended without a close frame".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one data frame.
+    fn on_frame(&self, format: Format, bytes: &[u8]) {
+        let stats = &self.shared.stats;
+        let kind = classify(format, bytes);
+        if kind.carries_comments() {
+            let now_us = unix_micros();
+            stats.frame(bytes.len(), now_us, |rec| {
+                self.shared
+                    .scanner
+                    .scan(format, bytes, |m| rec.delivery(m.sent_us, m.seq));
+            });
+            return;
+        }
+        stats.frame(bytes.len(), 0, |_| ());
+        match kind {
+            FrameKind::Ack | FrameKind::Reject | FrameKind::Error => self.on_answer(format, bytes),
+            // A second hello would be a gateway bug; its recent list is old news anyway.
+            _ => {}
+        }
+    }
+
+    /// Decodes a rare answer frame in full.
+    fn on_answer(&self, format: Format, bytes: &[u8]) {
+        let stats = &self.shared.stats;
+        match danmaku_proto::decode_server(format, bytes) {
+            Ok(ServerEvent::Ack { nonce, .. }) => stats.answered(parse_nonce(nonce), true),
+            Ok(ServerEvent::Reject { nonce, code, .. }) => {
+                stats.answered(parse_nonce(nonce), false);
+                stats.reason(format!("post rejected: {}", code.as_str()));
+            }
+            Ok(ServerEvent::Error { message, .. }) => {
+                stats.errors.fetch_add(1, Relaxed);
+                stats.reason(format!("error event: {message}"));
+            }
+            Ok(_) => {}
+            Err(e) => stats.reason(format!("undecodable answer: {e}")),
+        }
+    }
+}
+
+fn parse_nonce(nonce: Option<String>) -> Option<u64> {
+    nonce?.parse().ok()
+}
+
+/// The `post` frame for sequence number `seq`, stamped with the time now:
+/// its opcode and payload.
+pub fn encode_post(format: Format, seq: u64) -> (u8, Vec<u8>) {
+    let event = ClientEvent::Post(Post {
+        text: post_text(unix_micros(), seq),
+        color: None,
+        mode: None,
+        nonce: Some(seq.to_string()),
+    });
+    match format {
+        Format::Json => (
+            OP_TEXT,
+            serde_json::to_vec(&event).expect("a post serializes to JSON"),
+        ),
+        Format::MsgPack => (
+            OP_BINARY,
+            rmp_serde::to_vec_named(&event).expect("a post serializes to MessagePack"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use danmaku_proto::{encode, Hello, Limits};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+    fn hello_frame() -> Vec<u8> {
+        let hello = ServerEvent::Hello(Hello {
+            room: "lg-0".into(),
+            user: "guest-abc123".into(),
+            name: None,
+            online: 1,
+            server: "fake".into(),
+            limits: Limits {
+                max_text_chars: 100,
+                max_frame_bytes: 4096,
+                max_nonce_bytes: 64,
+                post_rate_count: 5,
+                post_window_ms: 10_000,
+                post_burst: 3,
+            },
+            recent: Vec::new(),
+        });
+        let payload = encode(Format::Json, &hello).as_bytes().to_vec();
+        let mut frame = vec![0x81, 126];
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// A server that answers the upgrade and sends `hello` in the same
+    /// write, then stays silent.
+    async fn eager_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            while memchr::memmem::find(&request, b"\r\n\r\n").is_none() {
+                let mut chunk = [0u8; 1024];
+                let n = tcp.read(&mut chunk).await.unwrap();
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let request = String::from_utf8(request).unwrap();
+            assert!(
+                request.starts_with("GET /ws/lg-0 HTTP/1.1\r\n"),
+                "{request}"
+            );
+            let key = request
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap();
+            let mut out = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: danmaku.v1.json\r\n\r\n",
+                derive_accept_key(key.as_bytes())
+            )
+            .into_bytes();
+            out.extend(hello_frame());
+            tcp.write_all(&out).await.unwrap();
+            // Silent from here on; hold the socket until the test ends.
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest).await;
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_hello_that_arrives_with_the_handshake_is_not_missed() {
+        let (addr, server) = eager_server().await;
+        let (_phase_tx, phase) = watch::channel(Phase::Connecting);
+        let shared = Shared {
+            stats: Arc::new(Stats::new(1, 0, 0)),
+            scanner: Scanner::new(),
+            format: Format::Json,
+            rooms: vec!["lg-0".into()],
+            connect_timeout: Duration::from_secs(30),
+            phase,
+        };
+        let plan = Plan {
+            target: Arc::new(Target {
+                addr,
+                host: addr.to_string(),
+            }),
+            source: None,
+            room: 0,
+            poster: None,
+            seed: 1,
+        };
+        // Generous bound: with the bug this waits forever, not a bit longer.
+        let client = tokio::time::timeout(Duration::from_secs(20), connect(&shared, &plan))
+            .await
+            .expect("connect must not wait for a second frame");
+        assert!(client.is_ok());
+        assert_eq!(shared.stats.totals().frames, 1);
+        server.abort();
+    }
+
+    #[test]
+    fn posts_decode_as_client_events_with_our_marker() {
+        for format in Format::ALL {
+            let (opcode, bytes) = encode_post(format, 77);
+            assert_eq!(opcode == OP_TEXT, format == Format::Json);
+            let ClientEvent::Post(post) = danmaku_proto::decode_client(format, &bytes).unwrap()
+            else {
+                panic!("not a post");
+            };
+            assert_eq!(post.nonce.as_deref(), Some("77"));
+            assert!(post.text.starts_with("lg ") && post.text.ends_with(" 77"));
+            assert!(post.text.chars().count() < 100);
+        }
+    }
+
+    #[test]
+    fn nonces_are_sequence_numbers() {
+        assert_eq!(parse_nonce(Some("12".into())), Some(12));
+        assert_eq!(parse_nonce(Some("x".into())), None);
+        assert_eq!(parse_nonce(None), None);
+    }
+}

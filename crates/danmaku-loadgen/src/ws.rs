@@ -1,0 +1,580 @@
+//! A lean WebSocket client for the receive-heavy side of a load test.
+//!
+//! A general-purpose WebSocket library zero-fills its read buffer before
+//! every read, validates the UTF-8 of every text frame and hands out an owned
+//! message per frame. At a hundred thousand frames a second those costs land
+//! on the same two cores the gateway under test needs, so this client does
+//! none of it: it reads into an uninitialised buffer, parses frame headers in
+//! place and lends out each payload as a slice. It speaks only what a load
+//! generator needs: the client handshake (RFC 6455 §4.1, checking the accept
+//! key and the subprotocol), unmasked server frames with fragmentation,
+//! answering pings, and sending masked data and close frames.
+
+use std::io;
+
+use anyhow::{bail, Context as _};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Continuation of a fragmented message.
+const OP_CONTINUATION: u8 = 0x0;
+/// Text data frame.
+pub const OP_TEXT: u8 = 0x1;
+/// Binary data frame.
+pub const OP_BINARY: u8 = 0x2;
+/// Close control frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping control frame.
+pub const OP_PING: u8 = 0x9;
+/// Pong control frame.
+pub const OP_PONG: u8 = 0xa;
+
+/// Largest message accepted from the server.
+const MAX_MESSAGE: usize = 16 << 20;
+/// Largest handshake response accepted.
+const MAX_RESPONSE_HEAD: usize = 16 << 10;
+/// Free space kept in the read buffer before each read.
+const READ_CHUNK: usize = 4096;
+
+/// What the server sent, as the caller sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A complete data message: `text` for a text frame, else binary.
+    Data {
+        /// Whether it came as text.
+        text: bool,
+        /// The message, borrowed from the read buffer.
+        payload: &'a [u8],
+    },
+    /// The server closed, with code and reason if it gave them.
+    Close(Option<(u16, String)>),
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    header_len: usize,
+    payload_len: usize,
+}
+
+/// Parses the header of the frame at the start of `buf`; `None` until the
+/// whole frame is in the buffer.
+fn parse_header(buf: &[u8]) -> anyhow::Result<Option<Header>> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        bail!("reserved bits set in a frame from the server");
+    }
+    if b1 & 0x80 != 0 {
+        bail!("masked frame from the server");
+    }
+    let (header_len, payload_len) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(n) => (4, usize::from(u16::from_be_bytes([n[0], n[1]]))),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10) {
+            Some(n) => {
+                let len = u64::from_be_bytes(n.try_into().expect("8 bytes"));
+                (10, usize::try_from(len).unwrap_or(usize::MAX))
+            }
+            None => return Ok(None),
+        },
+        n => (2, usize::from(n)),
+    };
+    if payload_len > MAX_MESSAGE {
+        bail!("frame of {payload_len} bytes is over the {MAX_MESSAGE} byte limit");
+    }
+    let header = Header {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        header_len,
+        payload_len,
+    };
+    Ok((buf.len() >= header_len + payload_len).then_some(header))
+}
+
+/// The whole length of the frame at the start of `buf`, once its header is in.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let len7 = buf.get(1)? & 0x7f;
+    match len7 {
+        126 => Some(4 + usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?))),
+        127 => {
+            let n = u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?);
+            Some(10usize.saturating_add(usize::try_from(n).unwrap_or(usize::MAX).min(MAX_MESSAGE)))
+        }
+        n => Some(2 + usize::from(n)),
+    }
+}
+
+/// Appends a masked client frame to `out`.
+fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+}
+
+/// Frame parsing and output buffering, apart from the socket so it can be
+/// tested on bytes.
+struct Codec {
+    buf: BytesMut,
+    /// Opcode and data of a fragmented message being put together.
+    fragments: Option<(u8, Vec<u8>)>,
+    /// Frames waiting to be written.
+    out: Vec<u8>,
+    /// State of the masking-key generator (xorshift; masks need not be secret here).
+    mask_state: u32,
+    /// Set once a close frame was queued.
+    close_sent: bool,
+}
+
+impl Codec {
+    fn new(seed: u32, initial: BytesMut) -> Codec {
+        Codec {
+            buf: initial,
+            fragments: None,
+            out: Vec::new(),
+            mask_state: seed | 1,
+            close_sent: false,
+        }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        x.to_ne_bytes()
+    }
+
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = self.next_mask();
+        push_frame(&mut self.out, opcode, payload, mask);
+    }
+
+    /// Hands every complete message in the buffer to `on_message`, answers
+    /// pings, and stops after a close. Returns whether the server closed.
+    fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> anyhow::Result<bool> {
+        while let Some(h) = parse_header(&self.buf)? {
+            let start = h.header_len;
+            let end = start + h.payload_len;
+            let mut closed = false;
+            match h.opcode {
+                OP_TEXT | OP_BINARY if h.fin && self.fragments.is_none() => {
+                    on_message(Incoming::Data {
+                        text: h.opcode == OP_TEXT,
+                        payload: &self.buf[start..end],
+                    });
+                }
+                OP_TEXT | OP_BINARY => {
+                    if self.fragments.is_some() {
+                        bail!("new message inside a fragmented one");
+                    }
+                    self.fragments = Some((h.opcode, self.buf[start..end].to_vec()));
+                }
+                OP_CONTINUATION => {
+                    let Some((opcode, data)) = self.fragments.as_mut() else {
+                        bail!("continuation frame without a message");
+                    };
+                    data.extend_from_slice(&self.buf[start..end]);
+                    if data.len() > MAX_MESSAGE {
+                        bail!("fragmented message over the {MAX_MESSAGE} byte limit");
+                    }
+                    if h.fin {
+                        let text = *opcode == OP_TEXT;
+                        let (_, data) = self.fragments.take().expect("checked above");
+                        on_message(Incoming::Data {
+                            text,
+                            payload: &data,
+                        });
+                    }
+                }
+                OP_PING => {
+                    let payload = self.buf[start..end].to_vec();
+                    if !self.close_sent {
+                        self.queue(OP_PONG, &payload);
+                    }
+                }
+                OP_PONG => {}
+                OP_CLOSE => {
+                    let payload = &self.buf[start..end];
+                    let reason = (payload.len() >= 2).then(|| {
+                        (
+                            u16::from_be_bytes([payload[0], payload[1]]),
+                            String::from_utf8_lossy(&payload[2..]).into_owned(),
+                        )
+                    });
+                    on_message(Incoming::Close(reason));
+                    closed = true;
+                }
+                other => bail!("unknown opcode {other:#x} from the server"),
+            }
+            self.buf.advance(end);
+            if closed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A connected WebSocket client.
+pub struct Client {
+    stream: TcpStream,
+    codec: Codec,
+}
+
+impl Client {
+    /// Performs the opening handshake for `path` on `stream`, asking for
+    /// `subprotocol`. `seed` varies the masking keys between connections.
+    pub async fn handshake(
+        mut stream: TcpStream,
+        host: &str,
+        path: &str,
+        subprotocol: &str,
+        seed: u32,
+    ) -> anyhow::Result<Client> {
+        let key = generate_key();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let head_len = loop {
+            if let Some(at) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break at + 4;
+            }
+            if buf.len() > MAX_RESPONSE_HEAD {
+                bail!("handshake response too long");
+            }
+            buf.reserve(READ_CHUNK);
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("connection closed during the handshake");
+            }
+        };
+        check_response(&buf[..head_len], &key, subprotocol)?;
+        buf.advance(head_len);
+        Ok(Client {
+            stream,
+            codec: Codec::new(seed, buf),
+        })
+    }
+
+    /// Reads what the socket has into the buffer, waiting until there is
+    /// something; `Ok(0)` at the end of the stream. Cancel-safe: when
+    /// dropped before it completes, nothing was read.
+    pub async fn read(&mut self) -> io::Result<usize> {
+        let buf = &mut self.codec.buf;
+        // Room for at least the rest of the frame being received, so a big
+        // batch comes in one read.
+        let want =
+            frame_len(buf).map_or(READ_CHUNK, |n| n.saturating_sub(buf.len()).max(READ_CHUNK));
+        if buf.capacity() - buf.len() < want {
+            buf.reserve(want);
+        }
+        self.stream.read_buf(buf).await
+    }
+
+    /// Hands every complete message read so far to `on_message`, and
+    /// writes any pongs owed. Returns whether the server closed.
+    pub async fn process(&mut self, on_message: impl FnMut(Incoming<'_>)) -> anyhow::Result<bool> {
+        let closed = self.codec.drain(on_message)?;
+        if self.codec.buf.is_empty() && self.codec.buf.capacity() > 4 * READ_CHUNK {
+            // Give back the room a big frame needed.
+            self.codec.buf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        self.flush().await?;
+        Ok(closed)
+    }
+
+    /// Queues a data frame; [`Client::flush`] sends it.
+    pub fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.codec.queue(opcode, payload);
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.codec.out.is_empty() {
+            self.stream.write_all(&self.codec.out).await?;
+            self.codec.out.clear();
+            if self.codec.out.capacity() > 4 * READ_CHUNK {
+                self.codec.out = Vec::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame with code 1000 and waits briefly for the answer.
+    pub async fn close(&mut self) {
+        if !self.codec.close_sent {
+            self.codec.queue(OP_CLOSE, &1000u16.to_be_bytes());
+            self.codec.close_sent = true;
+        }
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Checks a handshake response head: status 101, the accept key for `key`,
+/// and the subprotocol (the server may leave it out only for JSON, the
+/// protocol's default).
+fn check_response(head: &[u8], key: &str, subprotocol: &str) -> anyhow::Result<()> {
+    let head = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default();
+    let code = status.split_whitespace().nth(1).unwrap_or_default();
+    if code != "101" {
+        bail!("handshake: HTTP {code}");
+    }
+    let mut accept = None;
+    let mut protocol = None;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("sec-websocket-accept") {
+                accept = Some(value);
+            } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                protocol = Some(value);
+            }
+        }
+    }
+    if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
+        bail!("handshake: wrong Sec-WebSocket-Accept");
+    }
+    match protocol {
+        Some(p) if p == subprotocol => Ok(()),
+        None if subprotocol == danmaku_proto::SUBPROTOCOL_JSON => Ok(()),
+        other => bail!("handshake: server chose subprotocol {other:?}, not {subprotocol}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+
+    /// An unmasked server frame.
+    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn collect(codec: &mut Codec) -> (Vec<(bool, Vec<u8>)>, bool) {
+        let mut got = Vec::new();
+        let closed = codec
+            .drain(|m| match m {
+                Incoming::Data { text, payload } => got.push((text, payload.to_vec())),
+                Incoming::Close(c) => got.push((false, format!("close {c:?}").into_bytes())),
+            })
+            .unwrap();
+        (got, closed)
+    }
+
+    #[test]
+    fn frames_of_every_length_form_come_through_whole() {
+        let big = vec![b'x'; 70_000];
+        let mid = vec![b'y'; 300];
+        let mut bytes = server_frame(true, OP_TEXT, b"hi");
+        bytes.extend(server_frame(true, OP_BINARY, &mid));
+        bytes.extend(server_frame(true, OP_TEXT, &big));
+        let mut codec = Codec::new(1, BytesMut::new());
+        // Fed a byte at a time, nothing comes out before it is complete.
+        let mut got = Vec::new();
+        for b in &bytes {
+            codec.buf.extend_from_slice(&[*b]);
+            got.extend(collect(&mut codec).0);
+        }
+        assert_eq!(
+            got,
+            [(true, b"hi".to_vec()), (false, mid), (true, big)],
+            "in order, with their kinds"
+        );
+        assert!(codec.buf.is_empty());
+    }
+
+    #[test]
+    fn frame_lengths_are_known_from_the_header() {
+        assert_eq!(frame_len(&[]), None);
+        assert_eq!(frame_len(&[0x81]), None);
+        assert_eq!(frame_len(&[0x81, 5]), Some(7));
+        assert_eq!(frame_len(&[0x81, 126, 0x01]), None);
+        assert_eq!(frame_len(&[0x81, 126, 0x01, 0x00]), Some(4 + 256));
+        let mut long = vec![0x82, 127];
+        long.extend_from_slice(&70_000u64.to_be_bytes());
+        assert_eq!(frame_len(&long), Some(10 + 70_000));
+    }
+
+    #[test]
+    fn fragments_are_joined_and_pings_answered_in_between() {
+        let mut codec = Codec::new(7, BytesMut::new());
+        codec.buf.extend(server_frame(false, OP_TEXT, b"he"));
+        codec.buf.extend(server_frame(true, OP_PING, b"p"));
+        codec
+            .buf
+            .extend(server_frame(false, OP_CONTINUATION, b"ll"));
+        codec.buf.extend(server_frame(true, OP_CONTINUATION, b"o"));
+        let (got, closed) = collect(&mut codec);
+        assert_eq!(got, [(true, b"hello".to_vec())]);
+        assert!(!closed);
+        // The pong is masked and carries the ping's payload.
+        let out = &codec.out;
+        assert_eq!(out[0], 0x80 | OP_PONG);
+        assert_eq!(out[1], 0x80 | 1);
+        assert_eq!(out[6] ^ out[2], b'p');
+    }
+
+    #[test]
+    fn a_close_stops_the_drain_and_reports_the_code() {
+        let mut codec = Codec::new(3, BytesMut::new());
+        let mut close = 1008u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"too slow");
+        codec.buf.extend(server_frame(true, OP_CLOSE, &close));
+        codec.buf.extend(server_frame(true, OP_TEXT, b"after"));
+        let (got, closed) = collect(&mut codec);
+        assert!(closed);
+        assert_eq!(got.len(), 1);
+        assert!(String::from_utf8_lossy(&got[0].1).contains("1008"));
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        for bad in [
+            vec![0x81, 0x81, 0, 0, 0, 0, b'x'], // masked
+            vec![0xc1, 0x00],                   // reserved bit
+            vec![0x83, 0x00],                   // unknown opcode
+            vec![0x80, 0x00],                   // continuation without a start
+        ] {
+            let mut codec = Codec::new(1, BytesMut::from(&bad[..]));
+            assert!(codec.drain(|_| ()).is_err(), "{bad:?}");
+        }
+        let mut huge = vec![0x82, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert!(parse_header(&huge).is_err());
+    }
+
+    #[test]
+    fn handshake_responses_are_checked() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+                  sec-websocket-protocol: danmaku.v1.msgpack\r\n\r\n";
+        check_response(ok.as_bytes(), key, "danmaku.v1.msgpack").unwrap();
+        assert!(check_response(ok.as_bytes(), key, "danmaku.v1.json").is_err());
+        let no_protocol =
+            "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        check_response(no_protocol.as_bytes(), key, "danmaku.v1.json").unwrap();
+        let wrong_key = "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: AAAA\r\n\r\n";
+        assert!(check_response(wrong_key.as_bytes(), key, "danmaku.v1.json").is_err());
+        let refused = "HTTP/1.1 503 Service Unavailable\r\n\r\n";
+        let err = check_response(refused.as_bytes(), key, "x").unwrap_err();
+        assert!(err.to_string().contains("503"), "{err}");
+    }
+
+    // The server callback's error type is tungstenite's, and large.
+    #[allow(clippy::result_large_err)]
+    #[tokio::test]
+    async fn talks_to_a_real_websocket_server() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let callback = |_req: &Request, mut resp: Response| {
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", "danmaku.v1.json".parse().unwrap());
+                Ok(resp)
+            };
+            let mut ws = tokio_tungstenite::accept_hdr_async(tcp, callback)
+                .await
+                .unwrap();
+            ws.send(Message::text("first")).await.unwrap();
+            ws.send(Message::Ping(b"are you there".to_vec().into()))
+                .await
+                .unwrap();
+            ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+            // What the client sends must arrive unmasked and intact; the
+            // pong is answered before it.
+            let mut seen = Vec::new();
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    Message::Pong(p) => seen.push(format!("pong {}", String::from_utf8_lossy(&p))),
+                    Message::Text(t) => {
+                        seen.push(format!("text {t}"));
+                        ws.send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "bye".into(),
+                        })))
+                        .await
+                        .unwrap();
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            seen
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut client = Client::handshake(tcp, &addr.to_string(), "/ws/x", "danmaku.v1.json", 9)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut answered = false;
+        loop {
+            let n = client.read().await.unwrap();
+            let closed = client
+                .process(|m| match m {
+                    Incoming::Data { text, payload } => got.push((text, payload.len())),
+                    Incoming::Close(c) => got.push((false, usize::from(c.unwrap().0))),
+                })
+                .await
+                .unwrap();
+            if got.len() >= 2 && !answered {
+                client.queue(OP_TEXT, "post ünïcode".as_bytes());
+                client.flush().await.unwrap();
+                answered = true;
+            }
+            if closed || n == 0 {
+                break;
+            }
+        }
+        client.close().await;
+        assert_eq!(got, [(true, 5), (false, 100_000), (false, 1000)]);
+        let seen = server.await.unwrap();
+        assert_eq!(seen, ["pong are you there", "text post ünïcode"]);
+    }
+}
