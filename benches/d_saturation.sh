@@ -23,7 +23,7 @@ for rate in $RATES; do
   run_loadgen "d_saturation/rate-$rate" --viewers 5000 --rooms 1 --posters-per-room 2 \
     --rate "$rate" --duration "$STEP_SECONDS" --warmup 2 --drain 3 --connect-rate 5000 \
     "$@" || rc=$?
-  stop_gateway
+  stop_gateways
   json=$RESULTS/d_saturation/rate-$rate.json
   [[ -f "$json" ]] || die "the load generator wrote no report for rate $rate (exit $rc)"
   steps+=("$json")

@@ -3,9 +3,10 @@
 # not run on its own.
 #
 # Every scenario: builds the gateway and the load generator in release mode,
-# starts a gateway on a free loopback port with the benchmark settings below,
-# waits for /healthz, runs danmaku-loadgen with --gateway-pid, writes the
-# report to benches/results/<scenario>.json, and stops the gateway on exit.
+# starts a gateway (or two, and a Redis) on free loopback ports with the
+# benchmark settings below, waits until /readyz answers (which implies
+# /healthz), runs danmaku-loadgen with --gateway-pid, writes the report to
+# benches/results/<scenario>.json, and stops what it started on exit.
 #
 # Gateway settings come from the environment: any DANMAKU_* variable you set
 # is passed on and recorded in the report, so a tuning run is just e.g.
@@ -29,8 +30,11 @@ export DANMAKU_LISTEN=${DANMAKU_LISTEN:-127.0.0.1:0}
 export DANMAKU_LOG_FORMAT=json
 export RUST_LOG=${RUST_LOG:-info}
 
-GATEWAY_PID=
-GATEWAY_ADDR=
+# The gateways started by start_gateway, and the Redis of start_redis.
+GATEWAY_PIDS=()
+GATEWAY_ADDRS=()
+REDIS_PID=
+REDIS_DIR=
 
 mkdir -p "$RESULTS" "$LOGS"
 
@@ -43,41 +47,89 @@ build() {
   (cd "$ROOT" && cargo build --release -p danmaku-gateway -p danmaku-loadgen)
 }
 
-# stop_gateway: SIGTERM, then wait for the graceful shutdown (SIGKILL after 15 s).
-stop_gateway() {
-  if [[ -n "$GATEWAY_PID" ]] && kill -0 "$GATEWAY_PID" 2>/dev/null; then
-    kill -TERM "$GATEWAY_PID" 2>/dev/null || true
-    for _ in $(seq 1 150); do
-      kill -0 "$GATEWAY_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$GATEWAY_PID" 2>/dev/null || true
-    wait "$GATEWAY_PID" 2>/dev/null || true
-  fi
-  GATEWAY_PID=
-  GATEWAY_ADDR=
+# stop_pid PID: SIGTERM, then wait for a graceful exit (SIGKILL after 15 s).
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
-trap stop_gateway EXIT
 
-# start_gateway NAME: starts a gateway, sets GATEWAY_PID and GATEWAY_ADDR,
-# and waits until /healthz answers. The log goes to $LOGS/NAME.gateway.log.
+# stop_gateways: stops every gateway this script started.
+stop_gateways() {
+  local pid
+  for pid in "${GATEWAY_PIDS[@]}"; do stop_pid "$pid"; done
+  GATEWAY_PIDS=()
+  GATEWAY_ADDRS=()
+}
+
+# stop_redis: stops the Redis this script started and removes its directory.
+stop_redis() {
+  if [[ -n "$REDIS_PID" ]]; then stop_pid "$REDIS_PID"; fi
+  if [[ -n "$REDIS_DIR" ]]; then rm -rf "$REDIS_DIR"; fi
+  REDIS_PID=
+  REDIS_DIR=
+}
+
+cleanup() {
+  stop_gateways
+  stop_redis
+}
+trap cleanup EXIT
+
+# start_gateway NAME [VAR=VALUE ...]: starts a gateway with the benchmark
+# settings plus the given variables, adds it to GATEWAY_PIDS and
+# GATEWAY_ADDRS, and waits until it is ready (/readyz: with Redis, until it
+# reached Redis). The log goes to $LOGS/NAME.gateway.log.
 start_gateway() {
   local log=$LOGS/$1.gateway.log
-  (cd "$ROOT" && exec "$GATEWAY_BIN") >"$log" 2>&1 &
-  GATEWAY_PID=$!
+  shift
+  (cd "$ROOT" && exec env "$@" "$GATEWAY_BIN") >"$log" 2>&1 &
+  local pid=$! addr=
+  GATEWAY_PIDS+=("$pid")
   for _ in $(seq 1 100); do
-    GATEWAY_ADDR=$(grep -o '"message":"Gateway listening","addr":"[^"]*"' "$log" |
+    addr=$(grep -o '"message":"Gateway listening","addr":"[^"]*"' "$log" |
       head -n1 | sed 's/.*"addr":"\([^"]*\)"/\1/' || true)
-    [[ -n "$GATEWAY_ADDR" ]] && break
-    kill -0 "$GATEWAY_PID" 2>/dev/null || { cat "$log" >&2; die "the gateway exited"; }
+    [[ -n "$addr" ]] && break
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the gateway exited"; }
     sleep 0.1
   done
-  [[ -n "$GATEWAY_ADDR" ]] || die "the gateway did not say where it listens (see $log)"
-  for _ in $(seq 1 50); do
-    curl -fsS "http://$GATEWAY_ADDR/healthz" >/dev/null 2>&1 && return 0
+  [[ -n "$addr" ]] || die "the gateway did not say where it listens (see $log)"
+  GATEWAY_ADDRS+=("$addr")
+  for _ in $(seq 1 100); do
+    curl -fsS "http://$addr/readyz" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  die "http://$GATEWAY_ADDR/healthz did not answer"
+  die "http://$addr/readyz did not answer 200 (see $log)"
+}
+
+# start_redis: starts a throw-away redis-server (no persistence) on a free
+# loopback port and sets REDIS_URL.
+start_redis() {
+  command -v redis-server >/dev/null || die "redis-server is needed (apt-get install redis-server)"
+  REDIS_DIR=$(mktemp -d)
+  local port
+  for _ in $(seq 1 20); do
+    port=$((20000 + RANDOM % 20000))
+    redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --dir "$REDIS_DIR" >"$LOGS/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 50); do
+      if redis-cli -p "$port" ping >/dev/null 2>&1; then
+        REDIS_URL=redis://127.0.0.1:$port/
+        return 0
+      fi
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$REDIS_PID"
+  done
+  die "could not start redis-server (see $LOGS/redis.log)"
 }
 
 # machine_busy_pct SECONDS: busy CPU of the whole machine over SECONDS, in
@@ -121,7 +173,7 @@ commit_meta() {
 }
 
 # run_loadgen RESULT [loadgen args...]: runs the load generator against the
-# running gateway and writes $RESULTS/RESULT.json.
+# running gateways and writes $RESULTS/RESULT.json.
 run_loadgen() {
   local result=$1
   shift
@@ -130,8 +182,13 @@ run_loadgen() {
   wait_for_quiet
   local gateway_env
   gateway_env=$(env | grep '^DANMAKU_' | grep -v '^DANMAKU_LISTEN=' | sort | paste -sd' ' -)
+  local -a targets=()
+  local i
+  for i in "${!GATEWAY_ADDRS[@]}"; do
+    targets+=(--gateway "${GATEWAY_ADDRS[$i]}" --gateway-pid "${GATEWAY_PIDS[$i]}")
+  done
   # shellcheck disable=SC2046 # commit_meta yields separate words on purpose
-  "$LOADGEN_BIN" --gateway "$GATEWAY_ADDR" --gateway-pid "$GATEWAY_PID" --json "$json" \
+  "$LOADGEN_BIN" "${targets[@]}" --json "$json" \
     --meta "gateway_env=$gateway_env" \
     --meta "busy_before_pct=$QUIET_BUSY_PCT" \
     --meta "machine=$(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -n1), kernel $(uname -r)" \

@@ -500,6 +500,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "connected {established} of {total} in {connect_seconds:.1} s ({} failed)",
         stats.failed.load(Relaxed)
     );
+    if established == 0 {
+        for (reason, n) in stats.reasons() {
+            eprintln!("  {n} × {reason}");
+        }
+        eprintln!("error: no connection could be established");
+        return Ok(ExitCode::from(2));
+    }
 
     // Memory once everything is up and has settled.
     let settle = Instant::now() + Duration::from_secs(2);
