@@ -57,7 +57,7 @@ impl Default for BusConfig {
         BusConfig {
             history_len: 50,
             history_max_age: Duration::from_secs(600),
-            room_buffer: 4096,
+            room_buffer: 256,
         }
     }
 }

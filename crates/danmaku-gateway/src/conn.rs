@@ -19,10 +19,12 @@ use danmaku_proto::{
 use futures_util::{FutureExt, SinkExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
+use tracing::Instrument;
 
 use crate::outbox::{Drained, Outbox};
 use crate::rooms::to_message;
-use crate::Gateway;
+use crate::rooms::Membership;
+use crate::{ConnSlot, Gateway};
 
 /// Close code for a server going down (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
@@ -82,61 +84,72 @@ pub struct Viewer {
 
 struct Conn {
     gw: Arc<Gateway>,
+    /// This viewer's place in its room; taken (leaving the room) at the end.
+    membership: Option<Membership>,
+    /// The connection slot, freed when the connection is dropped.
+    _slot: ConnSlot,
     ws: WebSocket,
     outbox: Arc<Outbox>,
     viewer: Viewer,
-    moderation: ConnState,
+    /// Rate-limit state, made on the first post: most viewers never post.
+    moderation: Option<Box<ConnState>>,
     /// Bad frames in the current window, and when the window started.
     bad_frames: (u32, Instant),
     /// When the client last sent anything, pongs included.
     last_heard: Instant,
 }
 
-/// Serves one upgraded socket until it closes.
-pub async fn serve(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer) {
+/// Starts serving an upgraded socket: joins the room and spawns the
+/// connection's task.
+///
+/// Everything the connection keeps lives in one boxed `Conn` built here,
+/// before any `.await`, so the task's future holds a pointer and the small
+/// state of the loop it is waiting in, not copies of the socket.
+pub fn start(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer, slot: ConnSlot, span: tracing::Span) {
+    let _entered = span.enter();
     let outbox = Arc::new(Outbox::new(gw.settings.outbox_frames));
-    // Join first, then read history: the bus answers `recent` only once the
-    // room's subscription is live, so every comment after `hello` reaches
-    // this viewer. The price is a possible overlap between `recent` and the
-    // live stream, which clients remove by id (proto/PROTOCOL.md).
     let membership = gw.rooms.join(&viewer.room, outbox.clone(), viewer.format);
-    let recent = match tokio::time::timeout(gw.bus_timeout(), gw.bus.recent(&viewer.room)).await {
-        Ok(Ok(recent)) => recent,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Recent history unavailable");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::warn!("Recent history timed out");
-            Vec::new()
-        }
-    };
-    let hello = ServerEvent::Hello(Hello {
-        room: viewer.room.as_str().to_owned(),
-        user: viewer.user.clone(),
-        name: viewer.name.clone(),
-        online: gw
-            .presence
-            .online(viewer.room.as_str(), membership.local_count()),
-        server: gw.instance_id.clone(),
-        limits: gw.limits.clone(),
-        recent,
-    });
-    outbox.push_control(to_message(encode(viewer.format, &hello)));
-    tracing::debug!("Connected");
-
     let now = Instant::now();
-    let mut conn = Conn {
-        moderation: gw.moderator.conn_state(),
+    let conn = Box::new(Conn {
         gw,
         ws,
         outbox,
         viewer,
+        membership: Some(membership),
+        _slot: slot,
+        moderation: None,
         bad_frames: (0, now),
         last_heard: now,
-    };
+    });
+    drop(_entered);
+    tokio::spawn(serve(conn).instrument(span));
+}
+
+/// Serves one socket until it closes.
+async fn serve(mut conn: Box<Conn>) {
+    // The room was joined before history is read: the bus answers `recent`
+    // only once the room's subscription is live, so every comment after
+    // `hello` reaches this viewer. The price is a possible overlap between
+    // `recent` and the live stream, which clients remove by id
+    // (proto/PROTOCOL.md).
+    let recent = Box::pin(fetch_recent(&conn.gw, &conn.viewer.room)).await;
+    let local = conn.membership.as_ref().map_or(1, |m| m.local_count());
+    let gw = &conn.gw;
+    let viewer = &conn.viewer;
+    let hello = ServerEvent::Hello(Hello {
+        room: viewer.room.as_str().to_owned(),
+        user: viewer.user.clone(),
+        name: viewer.name.clone(),
+        online: gw.presence.online(viewer.room.as_str(), local),
+        server: gw.instance_id.clone(),
+        limits: gw.limits.clone(),
+        recent,
+    });
+    conn.reply(&hello);
+    tracing::debug!("Connected");
+
     let end = conn.run().await;
-    drop(membership);
+    conn.membership.take();
     if end == End::TooSlow {
         conn.gw
             .rooms
@@ -152,18 +165,33 @@ pub async fn serve(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer) {
     tracing::debug!(reason = ?end, dropped = conn.outbox.dropped(), "Disconnected");
 }
 
+/// The room's recent comments for `hello`, or none when the bus cannot say.
+/// Boxed by its caller: its timer would otherwise sit in every connection's
+/// state for the connection's whole life.
+async fn fetch_recent(gw: &Gateway, room: &RoomId) -> Vec<Danmaku> {
+    match tokio::time::timeout(gw.bus_timeout(), gw.bus.recent(room)).await {
+        Ok(Ok(recent)) => recent,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "Recent history unavailable");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!("Recent history timed out");
+            Vec::new()
+        }
+    }
+}
+
 impl Conn {
     /// The connection's loop. Its own state is kept small, since every idle
     /// connection holds it: the busy paths (writing, handling a client
     /// frame) are boxed futures that exist only while they run.
     async fn run(&mut self) -> End {
-        let mut shutdown = self.gw.shutdown.clone();
-        if *shutdown.borrow() {
+        let mut pulse = self.gw.pulse.clone();
+        if pulse.borrow_and_update().stopping {
             return End::GoingAway;
         }
-        let ping_every = crate::config::ms(self.gw.settings.ping_interval_ms);
         let idle = crate::config::ms(self.gw.settings.idle_timeout_ms);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         let mut ping_due = false;
         loop {
             let mut frames = Vec::new();
@@ -182,7 +210,16 @@ impl Conn {
             }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => return End::GoingAway,
+                changed = pulse.changed() => {
+                    if changed.is_err() || pulse.borrow_and_update().stopping {
+                        return End::GoingAway;
+                    }
+                    // A ping tick: close if silent too long, else ping.
+                    if self.last_heard.elapsed() >= idle {
+                        return End::Idle;
+                    }
+                    ping_due = true;
+                }
                 _ = self.outbox.ready() => {}
                 msg = self.ws.recv() => match msg {
                     None => return End::Gone,
@@ -194,12 +231,6 @@ impl Conn {
                     }
                     Some(Err(e)) => return classify(e),
                 },
-                _ = ping.tick() => {
-                    if self.last_heard.elapsed() >= idle {
-                        return End::Idle;
-                    }
-                    ping_due = true;
-                }
             }
         }
     }
@@ -297,7 +328,10 @@ impl Conn {
         let gw = &self.gw;
         // An over-long nonce is refused, and not echoed: echoes stay in bounds.
         let nonce = post.nonce.clone().filter(|n| n.len() <= MAX_NONCE_BYTES);
-        let accepted = match gw.moderator.check(&self.moderation, &post) {
+        let moderation = self
+            .moderation
+            .get_or_insert_with(|| Box::new(gw.moderator.conn_state()));
+        let accepted = match gw.moderator.check(moderation, &post) {
             Ok(accepted) => accepted,
             Err(refusal) => {
                 gw.stats

@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use danmaku_bus::Readiness;
 use danmaku_proto::{validate_nick, Format, RoomId};
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
 
 use crate::conn::{self, Viewer};
 use crate::Gateway;
@@ -111,13 +110,12 @@ async fn ws_upgrade(
         .max_message_size(s.max_frame_bytes as usize)
         .max_frame_size(s.max_frame_bytes as usize)
         .on_upgrade(move |ws| {
-            async move {
-                // Held for the life of the socket; released on drop, also
-                // when the upgrade fails and this never runs.
-                let _slot = slot;
-                conn::serve(gw2, ws, viewer).await
-            }
-            .instrument(span)
+            // The connection gets a task of its own and axum's upgrade task
+            // ends here, so idle connections do not also carry axum's
+            // upgrade state. The slot is released when the connection ends,
+            // or here when the upgrade fails and this never runs.
+            conn::start(gw2, ws, viewer, slot, span);
+            std::future::ready(())
         })
 }
 

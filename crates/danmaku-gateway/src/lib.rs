@@ -68,9 +68,22 @@ pub(crate) struct Gateway {
     pub stats: PostStats,
     /// Flips to true once when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
+    /// What every connection listens to: a ping tick every
+    /// `ping_interval_ms` and the start of shutdown. One shared timer
+    /// instead of one per connection keeps idle connections small.
+    pub pulse: watch::Receiver<Pulse>,
     /// Open WebSocket connections, counted from admission to close.
     open: AtomicUsize,
     pub conn_seq: AtomicU64,
+}
+
+/// The gateway-wide signal connections wait on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Pulse {
+    /// Counts ping intervals since start.
+    pub tick: u64,
+    /// Set once shutdown starts.
+    pub stopping: bool,
 }
 
 /// A WebSocket slot; dropping it frees the slot.
@@ -147,6 +160,23 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     }
 }
 
+/// Ticks the pulse every `every` until shutdown, then marks it stopping.
+async fn run_pulse(
+    pulse: watch::Sender<Pulse>,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => pulse.send_modify(|p| p.tick += 1),
+            _ = shutdown.wait_for(|stopping| *stopping) => break,
+        }
+    }
+    pulse.send_modify(|p| p.stopping = true);
+}
+
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
 /// closes every socket with 1001, waits up to `shutdown_grace_ms` for them,
 /// and returns.
@@ -176,6 +206,7 @@ pub async fn run(
         presence.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (pulse_tx, pulse_rx) = watch::channel(Pulse::default());
     let limits = Limits {
         max_text_chars: settings.max_text_chars,
         max_frame_bytes: settings.max_frame_bytes,
@@ -194,6 +225,7 @@ pub async fn run(
         ids: IdGen::new(),
         stats: PostStats::default(),
         shutdown: stop_rx.clone(),
+        pulse: pulse_rx,
         open: AtomicUsize::new(0),
         conn_seq: AtomicU64::new(0),
         settings,
@@ -210,6 +242,11 @@ pub async fn run(
         rooms,
         presence,
         bus.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(run_pulse(
+        pulse_tx,
+        ms(gw.settings.ping_interval_ms),
         stop_rx,
     ));
 
