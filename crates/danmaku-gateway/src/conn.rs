@@ -88,6 +88,8 @@ struct Conn {
     membership: Option<Membership>,
     /// The connection slot, freed when the connection is dropped.
     _slot: ConnSlot,
+    /// This connection's number on this instance; picks its ping phase.
+    conn_id: u64,
     ws: WebSocket,
     outbox: Arc<Outbox>,
     viewer: Viewer,
@@ -105,7 +107,14 @@ struct Conn {
 /// Everything the connection keeps lives in one boxed `Conn` built here,
 /// before any `.await`, so the task's future holds a pointer and the small
 /// state of the loop it is waiting in, not copies of the socket.
-pub fn start(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer, slot: ConnSlot, span: tracing::Span) {
+pub fn start(
+    gw: Arc<Gateway>,
+    ws: WebSocket,
+    viewer: Viewer,
+    slot: ConnSlot,
+    conn_id: u64,
+    span: tracing::Span,
+) {
     let _entered = span.enter();
     let outbox = Arc::new(Outbox::new(gw.settings.outbox_frames));
     let membership = gw.rooms.join(&viewer.room, outbox.clone(), viewer.format);
@@ -117,6 +126,7 @@ pub fn start(gw: Arc<Gateway>, ws: WebSocket, viewer: Viewer, slot: ConnSlot, sp
         viewer,
         membership: Some(membership),
         _slot: slot,
+        conn_id,
         moderation: None,
         bad_frames: (0, now),
         last_heard: now,
@@ -187,7 +197,8 @@ impl Conn {
     /// connection holds it: the busy paths (writing, handling a client
     /// frame) are boxed futures that exist only while they run.
     async fn run(&mut self) -> End {
-        let mut pulse = self.gw.pulse.clone();
+        let phase = self.conn_id as usize % self.gw.pulses.len();
+        let mut pulse = self.gw.pulses[phase].clone();
         if pulse.borrow_and_update().stopping {
             return End::GoingAway;
         }

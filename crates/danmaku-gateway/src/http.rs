@@ -114,7 +114,7 @@ async fn ws_upgrade(
             // ends here, so idle connections do not also carry axum's
             // upgrade state. The slot is released when the connection ends,
             // or here when the upgrade fails and this never runs.
-            conn::start(gw2, ws, viewer, slot, span);
+            conn::start(gw2, ws, viewer, slot, conn_id, span);
             std::future::ready(())
         })
 }

@@ -68,10 +68,11 @@ pub(crate) struct Gateway {
     pub stats: PostStats,
     /// Flips to true once when shutdown starts.
     pub shutdown: watch::Receiver<bool>,
-    /// What every connection listens to: a ping tick every
-    /// `ping_interval_ms` and the start of shutdown. One shared timer
-    /// instead of one per connection keeps idle connections small.
-    pub pulse: watch::Receiver<Pulse>,
+    /// What connections listen to: a ping tick every `ping_interval_ms`
+    /// and the start of shutdown. A few shared timers instead of one per
+    /// connection keep idle connections small; there are `PULSE_PHASES` of
+    /// them, ticked in turn, so connections do not all ping at once.
+    pub pulses: Vec<watch::Receiver<Pulse>>,
     /// Open WebSocket connections, counted from admission to close.
     open: AtomicUsize,
     pub conn_seq: AtomicU64,
@@ -160,21 +161,28 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     }
 }
 
-/// Ticks the pulse every `every` until shutdown, then marks it stopping.
-async fn run_pulse(
-    pulse: watch::Sender<Pulse>,
+/// Pulse channels; connection n listens to pulse n % PULSE_PHASES.
+const PULSE_PHASES: usize = 8;
+
+/// Ticks the pulses in turn, each once every `every`, until shutdown; then
+/// marks them all stopping.
+async fn run_pulses(
+    pulses: Vec<watch::Sender<Pulse>>,
     every: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let step = (every / pulses.len() as u32).max(Duration::from_millis(1));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for phase in (0..pulses.len()).cycle() {
         tokio::select! {
-            _ = tick.tick() => pulse.send_modify(|p| p.tick += 1),
+            _ = tick.tick() => pulses[phase].send_modify(|p| p.tick += 1),
             _ = shutdown.wait_for(|stopping| *stopping) => break,
         }
     }
-    pulse.send_modify(|p| p.stopping = true);
+    for pulse in &pulses {
+        pulse.send_modify(|p| p.stopping = true);
+    }
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
@@ -206,7 +214,9 @@ pub async fn run(
         presence.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (pulse_tx, pulse_rx) = watch::channel(Pulse::default());
+    let (pulse_txs, pulse_rxs): (Vec<_>, Vec<_>) = (0..PULSE_PHASES)
+        .map(|_| watch::channel(Pulse::default()))
+        .unzip();
     let limits = Limits {
         max_text_chars: settings.max_text_chars,
         max_frame_bytes: settings.max_frame_bytes,
@@ -225,7 +235,7 @@ pub async fn run(
         ids: IdGen::new(),
         stats: PostStats::default(),
         shutdown: stop_rx.clone(),
-        pulse: pulse_rx,
+        pulses: pulse_rxs,
         open: AtomicUsize::new(0),
         conn_seq: AtomicU64::new(0),
         settings,
@@ -244,8 +254,8 @@ pub async fn run(
         bus.clone(),
         stop_rx.clone(),
     ));
-    tokio::spawn(run_pulse(
-        pulse_tx,
+    tokio::spawn(run_pulses(
+        pulse_txs,
         ms(gw.settings.ping_interval_ms),
         stop_rx,
     ));
