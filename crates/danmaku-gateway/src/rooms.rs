@@ -244,7 +244,7 @@ impl Room {
             for chunk in encoded.chunks(config.max_batch_items) {
                 let frame = match chunk {
                     [one] => one.clone(),
-                    many => batch_frame(format, many.iter().map(|e| e.as_bytes())),
+                    many => batch_frame(format, many),
                 };
                 frames[format.index()].push(to_message(frame));
             }

@@ -267,7 +267,7 @@ mod tests {
                 ),
             );
             items.insert(7, encode_danmaku(format, &comment("hello", None)));
-            let frame = batch_frame(format, items.iter().map(Encoded::as_bytes));
+            let frame = batch_frame(format, &items);
             assert_eq!(classify(format, frame.as_bytes()), FrameKind::Batch);
             let expected: Vec<Mark> = (0..40u64)
                 .map(|i| mark(1_700_000_000_000_000 + i, 1000 + i))

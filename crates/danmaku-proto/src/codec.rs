@@ -124,10 +124,10 @@ pub fn encode_danmaku(format: Format, comment: &Danmaku) -> Encoded {
 }
 
 /// Builds a `batch` frame from items that are each already an encoded event
-/// in `format`, without decoding or re-encoding them.
+/// in `format`, without decoding, re-encoding or re-validating them.
 pub fn batch_frame<'a, I>(format: Format, items: I) -> Encoded
 where
-    I: IntoIterator<Item = &'a [u8]>,
+    I: IntoIterator<Item = &'a Encoded>,
     I::IntoIter: ExactSizeIterator,
 {
     let items = items.into_iter();
@@ -139,9 +139,11 @@ where
                 if i > 0 {
                     out.push(',');
                 }
-                // Items come from `encode(Format::Json, ..)`, which yields UTF-8;
-                // anything else is replaced rather than trusted.
-                out.push_str(&String::from_utf8_lossy(item));
+                match item {
+                    Encoded::Text(json) => out.push_str(json),
+                    // Not a JSON item: replaced rather than trusted.
+                    Encoded::Binary(b) => out.push_str(&String::from_utf8_lossy(b)),
+                }
             }
             out.push_str("]}");
             Encoded::Text(out)
@@ -162,7 +164,7 @@ where
                 out.extend_from_slice(&(n as u32).to_be_bytes());
             }
             for item in items {
-                out.extend_from_slice(item);
+                out.extend_from_slice(item.as_bytes());
             }
             Encoded::Binary(out)
         }
@@ -249,7 +251,7 @@ mod tests {
             for n in [0usize, 1, 2, 15, 16, 17, 300, 70_000] {
                 let events: Vec<ServerEvent> = (0..n as u32).map(danmaku).collect();
                 let encoded: Vec<Encoded> = events.iter().map(|e| encode(format, e)).collect();
-                let frame = batch_frame(format, encoded.iter().map(|e| e.as_bytes()));
+                let frame = batch_frame(format, &encoded);
                 let decoded = decode_server(format, frame.as_bytes()).unwrap();
                 assert_eq!(decoded, ServerEvent::Batch { items: events }, "n={n}");
             }
