@@ -68,3 +68,37 @@ async fn run_returns_after_closing_sockets_with_1001() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn an_invalid_setting_stops_the_binary_before_binding_with_the_key_named() {
+    // A port that is free now; the gateway must never bind it.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    for (key, value) in [
+        ("DANMAKU_MAX_TEXT_CHARS", "lots"),
+        ("DANMAKU_FLUSH_WINDOW_MS", "0"),
+        ("DANMAKU_NO_SUCH_KEY", "1"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_danmaku-gateway"))
+            .env("DANMAKU_LISTEN", &addr)
+            .env(key, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}={value} must not start");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let name = key.trim_start_matches("DANMAKU_").to_lowercase();
+        assert!(
+            stderr.contains(&name),
+            "{key}: the message names the key: {stderr}"
+        );
+        assert!(
+            !stderr.contains("Gateway listening"),
+            "{key}: it never bound"
+        );
+    }
+    assert!(
+        std::net::TcpListener::bind(&addr).is_ok(),
+        "the port was left alone"
+    );
+}
