@@ -48,22 +48,12 @@ fn comment(room: &str, id: &str) -> Arc<Danmaku> {
 }
 
 /// Retries `check` until it returns `Some`, or fails after `PATIENCE`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    danmaku_testkit::eventually(what, PATIENCE, check).await
 }
 
 async fn ready(bus: &RedisBus) {

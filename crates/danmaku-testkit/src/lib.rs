@@ -228,6 +228,27 @@ fn ping(port: u16) -> bool {
     redis::cmd("PING").query::<String>(&mut conn).is_ok()
 }
 
+/// Retries `check` every 25 ms until it returns `Some`, and fails the test
+/// if it has not within `patience`: tests wait for a state, never for a
+/// fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, patience: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

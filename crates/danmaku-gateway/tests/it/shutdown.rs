@@ -1,56 +1,29 @@
 //! Graceful shutdown: every client gets 1001 "going away" and the process
 //! exits 0, both for the real binary on SIGTERM and for `run` in process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::support::{Client, TestGateway};
+use crate::support::{Client, GatewayProcess, TestGateway};
 
 #[tokio::test]
 async fn sigterm_closes_every_socket_with_1001_and_exits_0() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku-gateway"))
-        .env("DANMAKU_LISTEN", "127.0.0.1:0")
-        .env("DANMAKU_INSTANCE_ID", "shutdown-test")
-        .env("DANMAKU_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = tokio::task::spawn_blocking(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        for line in lines.by_ref() {
-            let v: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
-            if v["fields"]["message"] == "Gateway listening" {
-                assert_eq!(v["fields"]["instance"], "shutdown-test");
-                let addr = v["fields"]["addr"].as_str().unwrap().to_owned();
-                // Keep draining so the child never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return addr;
-            }
-        }
-        panic!("gateway never said it was listening")
-    })
-    .await
-    .unwrap();
+    let gw = GatewayProcess::spawn("shutdown-test", &[]).await;
+    let (_, stats) = crate::support::http_get(gw.addr, "/api/stats").await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["instance"], "shutdown-test",
+        "DANMAKU_INSTANCE_ID is read as is"
+    );
 
     let mut clients = Vec::new();
     for room in ["a", "a", "b"] {
-        clients.push(Client::connect(&format!("ws://{addr}/ws/{room}"), None).await);
+        clients.push(Client::connect(&gw.url(room), None).await);
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    gw.signal("TERM");
     for c in &mut clients {
         assert_eq!(c.expect_close().await, (1001, "going away".to_string()));
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert_eq!(gw.wait().await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -139,22 +139,12 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
 }
 
 /// Retries `check` until it returns `Some`, or fails the test after `PATIENCE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    danmaku_testkit::eventually(what, PATIENCE, check).await
 }
 
 /// The schema validator of every server event, from `proto/schema/`.
@@ -468,12 +458,32 @@ impl GatewayProcess {
     /// Kills it with SIGKILL, as a crash or the OOM killer would: no
     /// goodbye to anyone, and waits for it to be gone.
     pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.child.wait().unwrap();
+    }
+
+    /// Sends it a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
+            .args([format!("-{name}"), self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        self.child.wait().unwrap();
+    }
+
+    /// Waits for it to exit and returns how it did, failing after `PATIENCE`.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
