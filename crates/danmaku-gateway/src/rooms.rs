@@ -210,45 +210,38 @@ impl Rooms {
 
     /// The longest outbox on this instance, to show queues stay bounded.
     pub fn max_queued(&self) -> usize {
-        let rooms: Vec<Arc<Room>> = self
-            .shards
-            .iter()
-            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
-            .collect();
-        rooms
-            .iter()
-            .flat_map(|r| {
-                let m = r.members.lock();
-                m.slots
+        let mut longest = 0;
+        for shard in self.shards.iter() {
+            let rooms: Vec<Arc<Room>> = shard.lock().values().cloned().collect();
+            for room in rooms {
+                let m = room.members.lock();
+                longest = m
+                    .slots
                     .iter()
                     .flatten()
                     .map(|(o, _)| o.len())
-                    .collect::<Vec<_>>()
-            })
-            .max()
-            .unwrap_or(0)
+                    .fold(longest, usize::max);
+            }
+        }
+        longest
     }
 }
 
 impl Room {
     /// Encodes `items` once per format in use and pushes the frames to
-    /// every viewer.
+    /// every viewer: a lone comment as itself, several as `batch` frames.
     fn deliver(&self, items: &[Arc<Danmaku>], config: &FanoutConfig, stats: &FanoutStats) {
-        let in_use = self.members.lock().per_format;
-        let mut frames: [Vec<Message>; 2] = Default::default();
-        for format in Format::ALL {
-            if in_use[format.index()] == 0 {
-                continue;
+        let frames = self.frames_per_format(|format| {
+            let mut encoded: Vec<Encoded> =
+                items.iter().map(|d| encode_danmaku(format, d)).collect();
+            if encoded.len() == 1 {
+                return encoded.pop().map(to_message).into_iter().collect();
             }
-            let encoded: Vec<Encoded> = items.iter().map(|d| encode_danmaku(format, d)).collect();
-            for chunk in encoded.chunks(config.max_batch_items) {
-                let frame = match chunk {
-                    [one] => one.clone(),
-                    many => batch_frame(format, many),
-                };
-                frames[format.index()].push(to_message(frame));
-            }
-        }
+            encoded
+                .chunks(config.max_batch_items)
+                .map(|chunk| to_message(batch_frame(format, chunk)))
+                .collect()
+        });
         stats
             .comments
             .fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -260,15 +253,21 @@ impl Room {
             room: self.id.as_str().to_owned(),
             count,
         };
+        let frames = self.frames_per_format(|format| vec![to_message(encode(format, &event))]);
+        self.push(&frames, config, stats);
+    }
+
+    /// The frames `make` builds for each format some viewer uses; nothing
+    /// is encoded for a format nobody in the room reads.
+    fn frames_per_format(&self, make: impl Fn(Format) -> Vec<Message>) -> [Vec<Message>; 2] {
         let in_use = self.members.lock().per_format;
-        let frames: [Vec<Message>; 2] = Format::ALL.map(|format| {
+        Format::ALL.map(|format| {
             if in_use[format.index()] == 0 {
                 Vec::new()
             } else {
-                vec![to_message(encode(format, &event))]
+                make(format)
             }
-        });
-        self.push(&frames, config, stats);
+        })
     }
 
     fn push(&self, frames: &[Vec<Message>; 2], config: &FanoutConfig, stats: &FanoutStats) {

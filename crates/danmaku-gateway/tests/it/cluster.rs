@@ -192,6 +192,17 @@ fn fleet(list: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// Waits until both instances have new pub/sub connections (none of
+/// `before`) and are subscribed to room `k` again.
+async fn resubscribed(redis: &RedisServer, before: &HashSet<String>, what: &str) {
+    eventually(what, || async {
+        let now = pubsub_clients(redis);
+        (now.len() == 2 && now.is_disjoint(before) && redis.numsub(&channel("k")).unwrap() == 2)
+            .then_some(())
+    })
+    .await;
+}
+
 /// Ids of Redis's pub/sub clients, from `CLIENT LIST TYPE pubsub`.
 fn pubsub_clients(redis: &RedisServer) -> HashSet<String> {
     let list: String = redis
@@ -493,12 +504,7 @@ async fn a_pubsub_connection_dropped_by_redis_is_replaced_and_delivery_resumes()
         .redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .unwrap();
     assert_eq!(killed, 2);
-    eventually("both instances subscribe again", || async {
-        let now = pubsub_clients(&redis);
-        (now.len() == 2 && now.is_disjoint(&before) && redis.numsub(&channel("k")).unwrap() == 2)
-            .then_some(())
-    })
-    .await;
+    resubscribed(&redis, &before, "both instances subscribe again").await;
     until_ready(a.addr).await;
     until_ready(b.addr).await;
     pa.post_until_acked("k2").await;
@@ -508,11 +514,11 @@ async fn a_pubsub_connection_dropped_by_redis_is_replaced_and_delivery_resumes()
     let before = pubsub_clients(&redis);
     let junk = "x".repeat(256 * 1024);
     let _: i64 = redis.redis_cli(&["PUBLISH", &channel("k"), &junk]).unwrap();
-    eventually("both instances reconnect after the overrun", || async {
-        let now = pubsub_clients(&redis);
-        (now.len() == 2 && now.is_disjoint(&before) && redis.numsub(&channel("k")).unwrap() == 2)
-            .then_some(())
-    })
+    resubscribed(
+        &redis,
+        &before,
+        "both instances reconnect after the overrun",
+    )
     .await;
     until_ready(a.addr).await;
     until_ready(b.addr).await;
