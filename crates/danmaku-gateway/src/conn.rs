@@ -71,7 +71,7 @@ impl End {
 }
 
 /// Who is on the other end of a socket.
-pub struct Viewer {
+pub(crate) struct Viewer {
     /// The room joined.
     pub room: RoomId,
     /// The negotiated encoding.
@@ -107,7 +107,7 @@ struct Conn {
 /// Everything the connection keeps lives in one boxed `Conn` built here,
 /// before any `.await`, so the task's future holds a pointer and the small
 /// state of the loop it is waiting in, not copies of the socket.
-pub fn start(
+pub(crate) fn start(
     gw: Arc<Gateway>,
     ws: WebSocket,
     viewer: Viewer,

@@ -21,7 +21,7 @@ use crate::conn::{self, Viewer};
 use crate::Gateway;
 
 /// The gateway's routes.
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub(crate) fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/ws/{room}", get(ws_upgrade))
         .route("/ws", get(bad_room))

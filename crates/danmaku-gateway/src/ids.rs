@@ -5,14 +5,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Makes comment ids: a random per-process prefix (64 bits, base 36) and
 /// a counter. Two processes share a prefix with probability about
 /// n²/2⁶⁵ for n process starts, so ids need no coordination.
-pub struct IdGen {
+pub(crate) struct IdGen {
     prefix: String,
     seq: AtomicU64,
 }
 
 impl IdGen {
     /// A generator with a fresh random prefix.
-    pub fn new() -> IdGen {
+    pub(crate) fn new() -> IdGen {
         IdGen {
             prefix: base36(rand::random::<u64>()),
             seq: AtomicU64::new(0),
@@ -20,7 +20,7 @@ impl IdGen {
     }
 
     /// The next id.
-    pub fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{}", self.prefix, base36(n))
     }
@@ -33,7 +33,7 @@ impl Default for IdGen {
 }
 
 /// A guest user id: `guest-` and six base-36 characters.
-pub fn guest_id() -> String {
+pub(crate) fn guest_id() -> String {
     let n = rand::random::<u64>() % 36u64.pow(6);
     format!("guest-{:0>6}", base36(n))
 }

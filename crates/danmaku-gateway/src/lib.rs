@@ -98,7 +98,7 @@ impl Drop for ConnSlot {
 
 impl Gateway {
     /// Takes a connection slot unless `max_connections` are open.
-    pub fn admit(self: &Arc<Self>) -> Option<ConnSlot> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Option<ConnSlot> {
         let max = self.settings.max_connections;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -109,12 +109,12 @@ impl Gateway {
     }
 
     /// Open WebSocket connections.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
     /// Bound on one bus call.
-    pub fn bus_timeout(&self) -> Duration {
+    pub(crate) fn bus_timeout(&self) -> Duration {
         ms(self.settings.bus_timeout_ms)
     }
 
@@ -122,7 +122,7 @@ impl Gateway {
     /// a second waiting for the room's subscription, then `bus_timeout_ms`
     /// per command) and reports a failure itself; this outer bound is longer,
     /// so the gateway never rejects a post the bus may still publish.
-    pub fn publish_timeout(&self) -> Duration {
+    pub(crate) fn publish_timeout(&self) -> Duration {
         2 * self.bus_timeout() + Duration::from_secs(1)
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 const MAX_CONTROL_FRAMES: usize = 256;
 
 /// The queue of one connection.
-pub struct Outbox {
+pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Wakes the connection task when the queue goes from empty to not
     /// empty, or when the connection is evicted.
@@ -43,7 +43,7 @@ struct State {
 
 /// What [`Outbox::push_room`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
+pub(crate) enum Pushed {
     /// The frame was queued.
     Queued,
     /// The frame was queued and the oldest room frame dropped to make room.
@@ -57,7 +57,7 @@ pub enum Pushed {
 
 /// What the writer got from [`Outbox::drain`].
 #[derive(Debug, PartialEq, Eq)]
-pub enum Drained {
+pub(crate) enum Drained {
     /// Frames were moved into the buffer (possibly none).
     Frames,
     /// The connection is too slow and must be closed.
@@ -67,7 +67,7 @@ pub enum Drained {
 impl Outbox {
     /// An empty queue holding at most `capacity` room frames. Allocates
     /// nothing until the first frame arrives.
-    pub fn new(capacity: usize) -> Outbox {
+    pub(crate) fn new(capacity: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 control: VecDeque::new(),
@@ -82,7 +82,7 @@ impl Outbox {
     }
 
     /// Queues a shared room frame, dropping the oldest one when full.
-    pub fn push_room(&self, frame: Message, now: Instant, slow_close: Duration) -> Pushed {
+    pub(crate) fn push_room(&self, frame: Message, now: Instant, slow_close: Duration) -> Pushed {
         let mut s = self.state.lock();
         if s.evicted {
             return Pushed::Ignored;
@@ -109,7 +109,7 @@ impl Outbox {
 
     /// Queues a control frame; these are never dropped. A client that has
     /// let `MAX_CONTROL_FRAMES` answers pile up is evicted instead.
-    pub fn push_control(&self, frame: Message) {
+    pub(crate) fn push_control(&self, frame: Message) {
         let mut s = self.state.lock();
         if s.control.len() >= MAX_CONTROL_FRAMES {
             s.evicted = true;
@@ -121,7 +121,7 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out`, control frames first.
-    pub fn drain(&self, out: &mut Vec<Message>) -> Drained {
+    pub(crate) fn drain(&self, out: &mut Vec<Message>) -> Drained {
         let mut s = self.state.lock();
         if s.evicted {
             return Drained::Evicted;
@@ -137,22 +137,22 @@ impl Outbox {
 
     /// Records that the socket accepted everything drained so far: the
     /// connection is keeping up again.
-    pub fn flushed(&self) {
+    pub(crate) fn flushed(&self) {
         self.state.lock().full_since = None;
     }
 
     /// Whether the connection has been marked too slow.
-    pub fn is_evicted(&self) -> bool {
+    pub(crate) fn is_evicted(&self) -> bool {
         self.state.lock().evicted
     }
 
     /// Waits until there may be something to drain or the connection was evicted.
-    pub async fn ready(&self) {
+    pub(crate) async fn ready(&self) {
         self.wake.notified().await
     }
 
     /// Waits until the connection is evicted.
-    pub async fn evicted(&self) {
+    pub(crate) async fn evicted(&self) {
         loop {
             if self.is_evicted() {
                 return;
@@ -162,12 +162,12 @@ impl Outbox {
     }
 
     /// Room frames dropped so far.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Frames waiting, both lanes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         let s = self.state.lock();
         s.control.len() + s.data.len()
     }

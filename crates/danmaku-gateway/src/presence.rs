@@ -17,18 +17,18 @@ use crate::rooms::Rooms;
 
 /// Viewers on other instances, per room.
 #[derive(Debug, Default)]
-pub struct Presence {
+pub(crate) struct Presence {
     others: RwLock<HashMap<String, u64>>,
 }
 
 impl Presence {
     /// The room's count across the fleet, given this instance's count.
-    pub fn online(&self, room: &str, local: u64) -> u64 {
+    pub(crate) fn online(&self, room: &str, local: u64) -> u64 {
         local + self.others.read().get(room).copied().unwrap_or(0)
     }
 
     /// Every room's count across the fleet, given this instance's counts.
-    pub fn all(&self, local: &[(String, u64)]) -> Vec<(String, u64)> {
+    pub(crate) fn all(&self, local: &[(String, u64)]) -> Vec<(String, u64)> {
         let mut merged: HashMap<String, u64> = self.others.read().clone();
         for (room, n) in local {
             *merged.entry(room.clone()).or_default() += n;
@@ -50,7 +50,7 @@ impl Presence {
 }
 
 /// What the heartbeat task needs to know about this instance.
-pub struct Heartbeat {
+pub(crate) struct Heartbeat {
     /// Instance id.
     pub id: String,
     /// Address to advertise.
@@ -64,7 +64,7 @@ pub struct Heartbeat {
 }
 
 /// Reports local counts and refreshes the others' until shutdown.
-pub async fn run_heartbeat(
+pub(crate) async fn run_heartbeat(
     hb: Heartbeat,
     rooms: Arc<Rooms>,
     presence: Arc<Presence>,

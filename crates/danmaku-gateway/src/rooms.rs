@@ -32,7 +32,7 @@ const SHARDS: usize = 64;
 
 /// How rooms batch and fan out.
 #[derive(Debug, Clone)]
-pub struct FanoutConfig {
+pub(crate) struct FanoutConfig {
     /// How long a busy room gathers comments into one frame.
     pub flush_window: Duration,
     /// Most comments in one `batch` frame.
@@ -45,7 +45,7 @@ pub struct FanoutConfig {
 
 /// Counters of the fan-out, for `/api/stats` and metrics.
 #[derive(Debug, Default)]
-pub struct FanoutStats {
+pub(crate) struct FanoutStats {
     /// Comments fanned out (counted once per room, not per viewer).
     pub comments: AtomicU64,
     /// Frames pushed into outboxes.
@@ -62,7 +62,7 @@ pub struct FanoutStats {
 type Shard = Mutex<HashMap<String, Arc<Room>>>;
 
 /// The local rooms of this instance.
-pub struct Rooms {
+pub(crate) struct Rooms {
     shards: Box<[Shard]>,
     hasher: RandomState,
     bus: Arc<dyn Bus>,
@@ -73,7 +73,7 @@ pub struct Rooms {
 }
 
 /// One room with at least one local viewer.
-pub struct Room {
+pub(crate) struct Room {
     id: RoomId,
     members: Mutex<Members>,
     /// Tells the room task to stop once the room has been removed.
@@ -89,7 +89,7 @@ struct Members {
 }
 
 /// A viewer's place in a room; dropping it leaves the room.
-pub struct Membership {
+pub(crate) struct Membership {
     rooms: Arc<Rooms>,
     room: Arc<Room>,
     slot: usize,
@@ -103,14 +103,18 @@ impl Drop for Membership {
 
 impl Membership {
     /// Local viewers of the room right now.
-    pub fn local_count(&self) -> u64 {
+    pub(crate) fn local_count(&self) -> u64 {
         self.room.members.lock().count as u64
     }
 }
 
 impl Rooms {
     /// An empty registry whose rooms subscribe on `bus`.
-    pub fn new(bus: Arc<dyn Bus>, config: FanoutConfig, presence: Arc<Presence>) -> Arc<Rooms> {
+    pub(crate) fn new(
+        bus: Arc<dyn Bus>,
+        config: FanoutConfig,
+        presence: Arc<Presence>,
+    ) -> Arc<Rooms> {
         Arc::new(Rooms {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -127,7 +131,12 @@ impl Rooms {
 
     /// Adds a viewer to a room, creating the room (and its bus subscription
     /// and task) if it is the first.
-    pub fn join(self: &Arc<Self>, id: &RoomId, outbox: Arc<Outbox>, format: Format) -> Membership {
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        id: &RoomId,
+        outbox: Arc<Outbox>,
+        format: Format,
+    ) -> Membership {
         let mut shard = self.shard(id.as_str()).lock();
         let room = shard
             .entry(id.as_str().to_owned())
@@ -195,7 +204,7 @@ impl Rooms {
     }
 
     /// Local viewers per room, rooms with none left out.
-    pub fn local_counts(&self) -> Vec<(String, u64)> {
+    pub(crate) fn local_counts(&self) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for (id, room) in shard.lock().iter() {
@@ -209,7 +218,7 @@ impl Rooms {
     }
 
     /// The longest outbox on this instance, to show queues stay bounded.
-    pub fn max_queued(&self) -> usize {
+    pub(crate) fn max_queued(&self) -> usize {
         let mut longest = 0;
         for shard in self.shards.iter() {
             let rooms: Vec<Arc<Room>> = shard.lock().values().cloned().collect();
@@ -299,7 +308,7 @@ impl Room {
 
 /// Wraps an encoded frame as a WebSocket message without copying or
 /// re-validating it.
-pub fn to_message(frame: Encoded) -> Message {
+pub(crate) fn to_message(frame: Encoded) -> Message {
     match frame {
         Encoded::Text(s) => Message::Text(s.into()),
         Encoded::Binary(b) => Message::Binary(b.into()),

@@ -23,7 +23,7 @@ const MAX_CATCH_UP: u32 = 64;
 
 /// Where the run is; every connection task watches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Connections are being opened; nobody posts.
     Connecting,
     /// Posters post from `start` until `end`.
@@ -39,7 +39,7 @@ pub enum Phase {
 
 /// A gateway to connect to.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Its resolved address.
     pub addr: SocketAddr,
     /// As given on the command line, for the `Host` header and the URL.
@@ -47,7 +47,7 @@ pub struct Target {
 }
 
 /// Settings shared by every connection.
-pub struct Shared {
+pub(crate) struct Shared {
     /// Counters of the run.
     pub stats: Arc<Stats>,
     /// Finds our comments in frames.
@@ -64,7 +64,7 @@ pub struct Shared {
 
 /// A poster's place in its room's schedule.
 #[derive(Debug, Clone, Copy)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Time between two posts of this poster.
     pub interval: Duration,
     /// Delay of its first post after posting starts.
@@ -73,7 +73,7 @@ pub struct Schedule {
 
 /// What one connection does.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The gateway it connects to.
     pub target: Arc<Target>,
     /// Local address to bind before connecting, if any.
@@ -87,14 +87,14 @@ pub struct Plan {
 }
 
 /// Microseconds since the Unix epoch.
-pub fn unix_micros() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Runs one connection until the run stops or the gateway closes it.
-pub async fn run(shared: Arc<Shared>, plan: Plan) {
+pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
     let stats = &shared.stats;
     let connected = tokio::time::timeout(shared.connect_timeout, connect(&shared, &plan)).await;
     let mut client = match connected {
@@ -357,7 +357,7 @@ fn parse_nonce(nonce: Option<String>) -> Option<u64> {
 
 /// The `post` frame for sequence number `seq`, stamped with the time now:
 /// its opcode and payload.
-pub fn encode_post(format: Format, seq: u64) -> (u8, Vec<u8>) {
+pub(crate) fn encode_post(format: Format, seq: u64) -> (u8, Vec<u8>) {
     let event = ClientEvent::Post(Post {
         text: post_text(unix_micros(), seq),
         color: None,

@@ -11,7 +11,7 @@ use crate::stats::{PostRecord, PostState, Reasons};
 
 /// Delivery accounting over all posts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Deliveries {
+pub(crate) struct Deliveries {
     /// Σ over acked posts of the viewers connected in its room when posting began.
     pub expected: u64,
     /// Deliveries of acked posts seen, counting at most `expected` per post.
@@ -26,7 +26,7 @@ pub struct Deliveries {
 
 impl Deliveries {
     /// Counts deliveries of `posts` against `viewers` per room.
-    pub fn count(posts: &[PostRecord], viewers: &[u32]) -> Deliveries {
+    pub(crate) fn count(posts: &[PostRecord], viewers: &[u32]) -> Deliveries {
         let mut d = Deliveries::default();
         for post in posts {
             let received = u64::from(post.received);
@@ -48,7 +48,7 @@ impl Deliveries {
     }
 
     /// 1 − received/expected, 0 when nothing was expected.
-    pub fn loss_ratio(&self) -> f64 {
+    pub(crate) fn loss_ratio(&self) -> f64 {
         if self.expected == 0 {
             return 0.0;
         }
@@ -58,7 +58,7 @@ impl Deliveries {
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     /// Deliveries measured.
     pub count: u64,
     /// Mean.
@@ -77,7 +77,7 @@ pub struct Latency {
 
 impl Latency {
     /// Percentiles of a histogram in microseconds.
-    pub fn from_histogram(h: &Histogram<u64>) -> Latency {
+    pub(crate) fn from_histogram(h: &Histogram<u64>) -> Latency {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {
             return Latency::default();
@@ -96,7 +96,7 @@ impl Latency {
 
 /// Memory of the gateway processes, from `/proc/PID/status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct GatewayMemory {
+pub(crate) struct GatewayMemory {
     /// The process ids measured.
     pub pids: Vec<u32>,
     /// Σ VmRSS before the first connection, in KiB.
@@ -111,7 +111,7 @@ pub struct GatewayMemory {
 
 /// CPU use during the posting period, in percent of one core.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Cpu {
+pub(crate) struct Cpu {
     /// The gateway processes together (only with `--gateway-pid`).
     pub gateway_pct: Option<f64>,
     /// This load generator.
@@ -125,7 +125,7 @@ pub struct Cpu {
 
 /// Everything a run reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The command line of the run.
     pub command: Vec<String>,
     /// `--meta KEY=VALUE` pairs, for scripts to note settings and versions.
@@ -188,7 +188,7 @@ pub struct Report {
 
 impl Report {
     /// The report as an aligned table.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
         row("gateways", self.gateways.join(" "));

@@ -12,17 +12,17 @@ use danmaku_proto::Format;
 use memchr::memmem;
 
 /// What the text of every comment we post starts with.
-pub const MARKER: &str = "lg ";
+pub(crate) const MARKER: &str = "lg ";
 
 /// The text of a post sent at `sent_us` (microseconds since the Unix epoch)
 /// with sequence number `seq`.
-pub fn post_text(sent_us: u64, seq: u64) -> String {
+pub(crate) fn post_text(sent_us: u64, seq: u64) -> String {
     format!("{MARKER}{sent_us} {seq}")
 }
 
 /// The kind of event a frame carries, read from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameKind {
+pub(crate) enum FrameKind {
     /// `hello`: the first frame; its `recent` comments are old and not counted.
     Hello,
     /// `ack` for one of our posts.
@@ -41,7 +41,7 @@ pub enum FrameKind {
 
 impl FrameKind {
     /// Whether the frame can hold live comments to count.
-    pub fn carries_comments(self) -> bool {
+    pub(crate) fn carries_comments(self) -> bool {
         matches!(self, FrameKind::Danmaku | FrameKind::Batch)
     }
 
@@ -60,7 +60,7 @@ impl FrameKind {
 
 /// Reads a frame's kind from its first bytes. The gateway serializes the
 /// `type` tag first; a frame that does not start that way is `Other`.
-pub fn classify(format: Format, bytes: &[u8]) -> FrameKind {
+pub(crate) fn classify(format: Format, bytes: &[u8]) -> FrameKind {
     match format {
         Format::Json => {
             const PREFIX: &[u8] = br#"{"type":""#;
@@ -99,7 +99,7 @@ pub fn classify(format: Format, bytes: &[u8]) -> FrameKind {
 
 /// One of our comments found in a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark {
+pub(crate) struct Mark {
     /// When the poster sent it, in microseconds since the Unix epoch.
     pub sent_us: u64,
     /// The post's sequence number.
@@ -108,7 +108,7 @@ pub struct Mark {
 
 /// Finds our comments in raw frames. Build one and share it: the searchers
 /// are prepared once.
-pub struct Scanner {
+pub(crate) struct Scanner {
     json: memmem::Finder<'static>,
     msgpack: memmem::Finder<'static>,
 }
@@ -121,7 +121,7 @@ impl Default for Scanner {
 
 impl Scanner {
     /// Prepares the searchers for both encodings.
-    pub fn new() -> Scanner {
+    pub(crate) fn new() -> Scanner {
         Scanner {
             // serde_json writes no whitespace, and a quote inside a string
             // is escaped, so this cannot match inside another string.
@@ -133,7 +133,7 @@ impl Scanner {
     }
 
     /// Calls `found` for every comment of ours in `bytes`, in order.
-    pub fn scan(&self, format: Format, bytes: &[u8], mut found: impl FnMut(Mark)) {
+    pub(crate) fn scan(&self, format: Format, bytes: &[u8], mut found: impl FnMut(Mark)) {
         match format {
             Format::Json => {
                 let skip = self.json.needle().len();

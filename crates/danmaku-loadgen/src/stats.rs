@@ -21,7 +21,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// State of one post in the post table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum PostState {
+pub(crate) enum PostState {
     /// Never sent (or the slot is past the end of the run).
     Unsent = 0,
     /// Sent, no answer yet.
@@ -49,7 +49,7 @@ fn bump(counter: &AtomicU64, n: u64) {
 }
 
 /// The hot counters of one worker thread.
-pub struct ThreadStats {
+pub(crate) struct ThreadStats {
     frames: AtomicU64,
     bytes: AtomicU64,
     deliveries: AtomicU64,
@@ -62,7 +62,7 @@ pub struct ThreadStats {
 }
 
 /// Everything this thread saw in one frame, recorded in one go.
-pub struct FrameRecorder<'a> {
+pub(crate) struct FrameRecorder<'a> {
     stats: &'a Stats,
     local: &'a ThreadStats,
     hist: parking_lot::MutexGuard<'a, Histogram<u64>>,
@@ -72,7 +72,7 @@ pub struct FrameRecorder<'a> {
 
 impl FrameRecorder<'_> {
     /// Records one delivery of post `seq`, sent at `sent_us`.
-    pub fn delivery(&mut self, sent_us: u64, seq: u64) {
+    pub(crate) fn delivery(&mut self, sent_us: u64, seq: u64) {
         let slot = usize::try_from(seq)
             .ok()
             .and_then(|i| self.local.per_post.get(i));
@@ -95,7 +95,7 @@ impl Drop for FrameRecorder<'_> {
 
 /// Sums of the hot counters over all threads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// Frames received.
     pub frames: u64,
     /// Payload bytes received.
@@ -107,10 +107,10 @@ pub struct Totals {
 }
 
 /// One number per reason, for failures and refusals.
-pub type Reasons = BTreeMap<String, u64>;
+pub(crate) type Reasons = BTreeMap<String, u64>;
 
 /// Shared statistics of one run.
-pub struct Stats {
+pub(crate) struct Stats {
     /// Identifies this instance in the thread-local cache.
     id: u64,
     /// Posts with a sent time before this are not ours.
@@ -151,7 +151,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 impl Stats {
     /// Statistics for a run of `rooms` rooms that sends at most `max_posts`
     /// posts, none of them before `run_start_us`.
-    pub fn new(rooms: usize, max_posts: usize, run_start_us: u64) -> Stats {
+    pub(crate) fn new(rooms: usize, max_posts: usize, run_start_us: u64) -> Stats {
         Stats {
             id: NEXT_ID.fetch_add(1, Relaxed),
             run_start_us,
@@ -197,7 +197,7 @@ impl Stats {
 
     /// Counts one received frame of `len` bytes, and lets `f` record the
     /// deliveries in it, all received at `now_us`.
-    pub fn frame<R>(
+    pub(crate) fn frame<R>(
         &self,
         len: usize,
         now_us: u64,
@@ -218,34 +218,34 @@ impl Stats {
     }
 
     /// Counts one reason for a failure or refusal.
-    pub fn reason(&self, reason: impl Into<String>) {
+    pub(crate) fn reason(&self, reason: impl Into<String>) {
         *self.reasons.lock().entry(reason.into()).or_default() += 1;
     }
 
     /// The reasons counted so far.
-    pub fn reasons(&self) -> Reasons {
+    pub(crate) fn reasons(&self) -> Reasons {
         self.reasons.lock().clone()
     }
 
     /// A connection got `hello` in room `room`.
-    pub fn joined(&self, room: usize) {
+    pub(crate) fn joined(&self, room: usize) {
         self.established.fetch_add(1, Relaxed);
         self.room_viewers[room].fetch_add(1, Relaxed);
     }
 
     /// An established connection in room `room` is gone.
-    pub fn left(&self, room: usize) {
+    pub(crate) fn left(&self, room: usize) {
         self.room_viewers[room].fetch_sub(1, Relaxed);
     }
 
     /// Viewers connected per room right now.
-    pub fn room_viewers(&self) -> Vec<u32> {
+    pub(crate) fn room_viewers(&self) -> Vec<u32> {
         self.room_viewers.iter().map(|v| v.load(Relaxed)).collect()
     }
 
     /// Takes the next post sequence number for a post in `room`, or `None`
     /// when the table is full.
-    pub fn next_post(&self, room: usize) -> Option<u64> {
+    pub(crate) fn next_post(&self, room: usize) -> Option<u64> {
         let seq = self.next_seq.fetch_add(1, Relaxed);
         let i = usize::try_from(seq).ok()?;
         let (Some(state), Some(slot)) = (self.post_state.get(i), self.post_room.get(i)) else {
@@ -260,7 +260,7 @@ impl Stats {
 
     /// The gateway answered post `seq` with `ack` (`true`) or `reject`.
     /// Answers to posts we never sent count as foreign.
-    pub fn answered(&self, seq: Option<u64>, acked: bool) {
+    pub(crate) fn answered(&self, seq: Option<u64>, acked: bool) {
         let counter = if acked {
             &self.posts_acked
         } else {
@@ -284,7 +284,7 @@ impl Stats {
     }
 
     /// Sums of the hot counters.
-    pub fn totals(&self) -> Totals {
+    pub(crate) fn totals(&self) -> Totals {
         let threads = self.threads.lock();
         let mut t = Totals::default();
         for local in threads.iter() {
@@ -297,7 +297,7 @@ impl Stats {
     }
 
     /// All latencies so far, in microseconds.
-    pub fn histogram(&self) -> Histogram<u64> {
+    pub(crate) fn histogram(&self) -> Histogram<u64> {
         let mut merged = new_histogram();
         for local in self.threads.lock().iter() {
             // Same bounds on both sides, so adding cannot fail.
@@ -308,7 +308,7 @@ impl Stats {
 
     /// Every post that was given a sequence number, with its room, state
     /// and how many deliveries of it were seen.
-    pub fn posts(&self) -> Vec<PostRecord> {
+    pub(crate) fn posts(&self) -> Vec<PostRecord> {
         let used = (self.next_seq.load(Relaxed) as usize).min(self.post_state.len());
         let mut received = vec![0u32; used];
         for local in self.threads.lock().iter() {
@@ -330,7 +330,7 @@ impl Stats {
 
 /// One post, for the final count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PostRecord {
+pub(crate) struct PostRecord {
     /// Index of its room.
     pub room: usize,
     /// What became of it.
@@ -340,7 +340,7 @@ pub struct PostRecord {
 }
 
 /// An empty latency histogram, in microseconds with 3 significant figures.
-pub fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// VmRSS of a process in KiB, from the text of `/proc/PID/status`.
-pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
+pub(crate) fn parse_vm_rss_kib(status: &str) -> Option<u64> {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
@@ -20,14 +20,14 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// VmRSS of process `pid` in KiB.
-pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_vm_rss_kib(&status).with_context(|| format!("no VmRSS in {path}"))
 }
 
 /// User plus system CPU seconds, from the text of `/proc/PID/stat`.
-pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+pub(crate) fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     // The command name may hold spaces and parentheses; fields resume
     // after the last ')'. Then: state(3) ... utime(14) stime(15).
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -38,7 +38,7 @@ pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
 }
 
 /// CPU seconds used so far by process `pid` (`None`: this process).
-pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -48,7 +48,7 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 
 /// Busy CPU seconds of the whole machine (all cores, everything but idle
 /// and I/O wait), from the text of `/proc/stat`.
-pub fn parse_machine_busy_seconds(stat: &str) -> Option<f64> {
+pub(crate) fn parse_machine_busy_seconds(stat: &str) -> Option<f64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: Vec<u64> = line
         .split_whitespace()
@@ -63,12 +63,12 @@ pub fn parse_machine_busy_seconds(stat: &str) -> Option<f64> {
 }
 
 /// Busy CPU seconds of the whole machine so far.
-pub fn machine_busy_seconds() -> Option<f64> {
+pub(crate) fn machine_busy_seconds() -> Option<f64> {
     parse_machine_busy_seconds(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
 /// `GET /api/stats` of a gateway, as JSON; `Null` if it cannot be had.
-pub async fn gateway_stats(addr: SocketAddr, host: &str) -> serde_json::Value {
+pub(crate) async fn gateway_stats(addr: SocketAddr, host: &str) -> serde_json::Value {
     let fetch = async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await?;
         let request =

@@ -22,15 +22,15 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// Continuation of a fragmented message.
 const OP_CONTINUATION: u8 = 0x0;
 /// Text data frame.
-pub const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_TEXT: u8 = 0x1;
 /// Binary data frame.
-pub const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_BINARY: u8 = 0x2;
 /// Close control frame.
-pub const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_CLOSE: u8 = 0x8;
 /// Ping control frame.
-pub const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 /// Pong control frame.
-pub const OP_PONG: u8 = 0xa;
+pub(crate) const OP_PONG: u8 = 0xa;
 
 /// Largest message accepted from the server.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -41,7 +41,7 @@ const READ_CHUNK: usize = 4096;
 
 /// What the server sent, as the caller sees it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Incoming<'a> {
+pub(crate) enum Incoming<'a> {
     /// A complete data message: `text` for a text frame, else binary.
     Data {
         /// Whether it came as text.
@@ -237,7 +237,7 @@ impl Codec {
 }
 
 /// A connected WebSocket client.
-pub struct Client {
+pub(crate) struct Client {
     stream: TcpStream,
     codec: Codec,
 }
@@ -245,7 +245,7 @@ pub struct Client {
 impl Client {
     /// Performs the opening handshake for `path` on `stream`, asking for
     /// `subprotocol`. `seed` varies the masking keys between connections.
-    pub async fn handshake(
+    pub(crate) async fn handshake(
         mut stream: TcpStream,
         host: &str,
         path: &str,
@@ -283,7 +283,7 @@ impl Client {
     /// Reads what the socket has into the buffer, waiting until there is
     /// something; `Ok(0)` at the end of the stream. Cancel-safe: when
     /// dropped before it completes, nothing was read.
-    pub async fn read(&mut self) -> io::Result<usize> {
+    pub(crate) async fn read(&mut self) -> io::Result<usize> {
         let buf = &mut self.codec.buf;
         // Room for at least the rest of the frame being received, so a big
         // batch comes in one read.
@@ -297,7 +297,10 @@ impl Client {
 
     /// Hands every complete message read so far to `on_message`, and
     /// writes any pongs owed. Returns whether the server closed.
-    pub async fn process(&mut self, on_message: impl FnMut(Incoming<'_>)) -> anyhow::Result<bool> {
+    pub(crate) async fn process(
+        &mut self,
+        on_message: impl FnMut(Incoming<'_>),
+    ) -> anyhow::Result<bool> {
         let closed = self.codec.drain(on_message)?;
         if self.codec.buf.is_empty() && self.codec.buf.capacity() > 4 * READ_CHUNK {
             // Give back the room a big frame needed.
@@ -308,12 +311,12 @@ impl Client {
     }
 
     /// Queues a data frame; [`Client::flush`] sends it.
-    pub fn queue(&mut self, opcode: u8, payload: &[u8]) {
+    pub(crate) fn queue(&mut self, opcode: u8, payload: &[u8]) {
         self.codec.queue(opcode, payload);
     }
 
     /// Writes everything queued.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
         if !self.codec.out.is_empty() {
             self.stream.write_all(&self.codec.out).await?;
             self.codec.out.clear();
@@ -325,7 +328,7 @@ impl Client {
     }
 
     /// Sends a close frame with code 1000 and waits briefly for the answer.
-    pub async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         if !self.codec.close_sent {
             self.codec.queue(OP_CLOSE, &1000u16.to_be_bytes());
             self.codec.close_sent = true;

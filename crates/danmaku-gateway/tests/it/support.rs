@@ -23,11 +23,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long any single expectation may take before the test fails.
-pub const PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Settings for tests: everything the defaults have, on a free port, with
 /// short heartbeats.
-pub fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         heartbeat_interval_ms: 200,
@@ -38,7 +38,7 @@ pub fn settings() -> Settings {
 }
 
 /// A gateway running in this process.
-pub struct TestGateway {
+pub(crate) struct TestGateway {
     /// Where it listens.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -47,7 +47,7 @@ pub struct TestGateway {
 
 impl TestGateway {
     /// Starts a gateway with `settings`.
-    pub async fn start(settings: Settings) -> TestGateway {
+    pub(crate) async fn start(settings: Settings) -> TestGateway {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .unwrap();
@@ -64,31 +64,31 @@ impl TestGateway {
     }
 
     /// Starts a gateway with test settings changed by `f`.
-    pub async fn with(f: impl FnOnce(&mut Settings)) -> TestGateway {
+    pub(crate) async fn with(f: impl FnOnce(&mut Settings)) -> TestGateway {
         let mut s = settings();
         f(&mut s);
         TestGateway::start(s).await
     }
 
     /// `ws://addr/ws/room`.
-    pub fn url(&self, room: &str) -> String {
+    pub(crate) fn url(&self, room: &str) -> String {
         format!("ws://{}/ws/{room}", self.addr)
     }
 
     /// Connects a JSON client to `room` and reads its `hello`.
-    pub async fn join(&self, room: &str) -> Client {
+    pub(crate) async fn join(&self, room: &str) -> Client {
         Client::connect(&self.url(room), None).await
     }
 
     /// GETs a JSON document from the gateway's HTTP API.
-    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+    pub(crate) async fn get_json(&self, path: &str) -> serde_json::Value {
         let (status, body) = http_get(self.addr, path).await;
         assert_eq!(status, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap()
     }
 
     /// Triggers shutdown and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), GatewayError> {
+    pub(crate) async fn stop(mut self) -> Result<(), GatewayError> {
         let _ = self.stop.take().unwrap().send(());
         let task = self.task.take().unwrap();
         tokio::time::timeout(PATIENCE, task)
@@ -107,7 +107,7 @@ impl Drop for TestGateway {
 }
 
 /// A minimal HTTP/1.1 GET over a fresh connection: status and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     http_request(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
@@ -116,7 +116,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Sends a raw HTTP request and returns status and body.
-pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
+pub(crate) async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
@@ -139,7 +139,7 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> (u16, String) {
 }
 
 /// Retries `check` until it returns `Some`, or fails the test after `PATIENCE`.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -148,7 +148,7 @@ where
 }
 
 /// The schema validator of every server event, from `proto/schema/`.
-pub fn server_schema() -> &'static jsonschema::Validator {
+pub(crate) fn server_schema() -> &'static jsonschema::Validator {
     static V: OnceLock<jsonschema::Validator> = OnceLock::new();
     V.get_or_init(|| {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto/schema");
@@ -169,7 +169,7 @@ pub fn server_schema() -> &'static jsonschema::Validator {
 }
 
 /// Fails the test if `frame` does not match the protocol's schemas.
-pub fn assert_valid_frame(frame: &serde_json::Value) {
+pub(crate) fn assert_valid_frame(frame: &serde_json::Value) {
     let v = server_schema();
     let errors: Vec<String> = v
         .iter_errors(frame)
@@ -184,7 +184,7 @@ pub fn assert_valid_frame(frame: &serde_json::Value) {
 
 /// What arrived in one frame.
 #[derive(Debug)]
-pub enum Received {
+pub(crate) enum Received {
     /// One event, possibly a batch (kept whole).
     Event(ServerEvent),
     /// A close frame.
@@ -194,7 +194,7 @@ pub enum Received {
 }
 
 /// A real WebSocket client.
-pub struct Client {
+pub(crate) struct Client {
     /// The socket.
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The negotiated format.
@@ -214,7 +214,7 @@ pub struct Client {
 
 impl Client {
     /// Connects offering `protocols` (none when `None`) and reads `hello`.
-    pub async fn connect(url: &str, protocols: Option<&str>) -> Client {
+    pub(crate) async fn connect(url: &str, protocols: Option<&str>) -> Client {
         let (ws, protocol) = connect_raw(url, protocols)
             .await
             .expect("websocket connects");
@@ -240,7 +240,7 @@ impl Client {
     }
 
     /// Sends a JSON (or MessagePack, per the format) event built from `json`.
-    pub async fn send_event(&mut self, json: serde_json::Value) {
+    pub(crate) async fn send_event(&mut self, json: serde_json::Value) {
         let msg = match self.format {
             Format::Json => Message::Text(json.to_string().into()),
             Format::MsgPack => Message::Binary(rmp_serde::to_vec_named(&json).unwrap().into()),
@@ -249,7 +249,7 @@ impl Client {
     }
 
     /// Posts `text` with a fresh nonce, returned.
-    pub async fn post(&mut self, text: &str) -> String {
+    pub(crate) async fn post(&mut self, text: &str) -> String {
         self.nonce += 1;
         let nonce = format!("n{}", self.nonce);
         self.send_event(serde_json::json!({"type": "post", "text": text, "nonce": nonce}))
@@ -258,18 +258,18 @@ impl Client {
     }
 
     /// Sends a raw message.
-    pub async fn send_raw(&mut self, msg: Message) {
+    pub(crate) async fn send_raw(&mut self, msg: Message) {
         self.ws.send(msg).await.unwrap();
     }
 
     /// Sends a text frame whose payload is not UTF-8.
-    pub async fn send_invalid_utf8(&mut self) {
+    pub(crate) async fn send_invalid_utf8(&mut self) {
         let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
         self.ws.send(Message::Frame(frame)).await.unwrap();
     }
 
     /// Reads the next frame, validating its payload against the schemas.
-    pub async fn recv(&mut self) -> Received {
+    pub(crate) async fn recv(&mut self) -> Received {
         loop {
             let next = tokio::time::timeout(PATIENCE, self.ws.next())
                 .await
@@ -304,7 +304,7 @@ impl Client {
 
     /// The next event, batches unpacked; `online` events are skipped unless
     /// `keep_online`.
-    pub async fn next_event_with(&mut self, keep_online: bool) -> ServerEvent {
+    pub(crate) async fn next_event_with(&mut self, keep_online: bool) -> ServerEvent {
         loop {
             let event = match self.queued.pop_front() {
                 Some(e) => e,
@@ -326,12 +326,12 @@ impl Client {
     }
 
     /// The next event other than `online`, batches unpacked.
-    pub async fn next_event(&mut self) -> ServerEvent {
+    pub(crate) async fn next_event(&mut self) -> ServerEvent {
         self.next_event_with(false).await
     }
 
     /// Reads until a close frame; returns its code and reason.
-    pub async fn expect_close(&mut self) -> (u16, String) {
+    pub(crate) async fn expect_close(&mut self) -> (u16, String) {
         loop {
             match self.recv().await {
                 Received::Close(Some(c)) => return c,
@@ -364,7 +364,7 @@ fn placeholder_hello() -> Hello {
 
 /// Opens a WebSocket offering `protocols`; returns the socket and the chosen
 /// subprotocol, or the handshake error (an HTTP refusal carries its status).
-pub async fn connect_raw(
+pub(crate) async fn connect_raw(
     url: &str,
     protocols: Option<&str>,
 ) -> Result<
@@ -386,7 +386,7 @@ pub async fn connect_raw(
 }
 
 /// The HTTP status of a refused WebSocket handshake.
-pub async fn refused_status(url: &str) -> (u16, String) {
+pub(crate) async fn refused_status(url: &str) -> (u16, String) {
     match connect_raw(url, None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
@@ -403,7 +403,7 @@ pub async fn refused_status(url: &str) -> (u16, String) {
 
 /// A gateway binary running as a child process, for what only a real
 /// process shows (being SIGKILLed). Killed on drop.
-pub struct GatewayProcess {
+pub(crate) struct GatewayProcess {
     /// Where it listens, from its "Gateway listening" log line.
     pub addr: SocketAddr,
     child: std::process::Child,
@@ -413,7 +413,7 @@ impl GatewayProcess {
     /// Starts the gateway binary with JSON logs, `DANMAKU_INSTANCE_ID` set
     /// to `instance_id`, `DANMAKU_LISTEN` on a free port, plus `env`; waits
     /// until it says it listens.
-    pub async fn spawn(instance_id: &str, env: &[(&str, &str)]) -> GatewayProcess {
+    pub(crate) async fn spawn(instance_id: &str, env: &[(&str, &str)]) -> GatewayProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku-gateway"))
@@ -451,19 +451,19 @@ impl GatewayProcess {
     }
 
     /// `ws://addr/ws/room`.
-    pub fn url(&self, room: &str) -> String {
+    pub(crate) fn url(&self, room: &str) -> String {
         format!("ws://{}/ws/{room}", self.addr)
     }
 
     /// Kills it with SIGKILL, as a crash or the OOM killer would: no
     /// goodbye to anyone, and waits for it to be gone.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.signal("KILL");
         self.child.wait().unwrap();
     }
 
     /// Sends it a signal by name (`TERM`, `INT`, `KILL`).
-    pub fn signal(&self, name: &str) {
+    pub(crate) fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
             .args([format!("-{name}"), self.child.id().to_string()])
             .status()
@@ -472,7 +472,7 @@ impl GatewayProcess {
     }
 
     /// Waits for it to exit and returns how it did, failing after `PATIENCE`.
-    pub async fn wait(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn wait(mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -495,12 +495,12 @@ impl Drop for GatewayProcess {
 }
 
 /// The status and body of `GET /readyz`.
-pub async fn readyz(addr: SocketAddr) -> (u16, String) {
+pub(crate) async fn readyz(addr: SocketAddr) -> (u16, String) {
     http_get(addr, "/readyz").await
 }
 
 /// Waits until `GET /readyz` answers 200.
-pub async fn until_ready(addr: SocketAddr) {
+pub(crate) async fn until_ready(addr: SocketAddr) {
     eventually("/readyz answers 200", || async {
         (readyz(addr).await.0 == 200).then_some(())
     })
