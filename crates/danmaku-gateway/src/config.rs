@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use danmaku_bus::BusConfig;
 use danmaku_moderation::Policy;
+
+use crate::rooms::FanoutConfig;
 use serde::{Deserialize, Serialize};
 
 /// Prefix of every environment variable the gateway reads.
@@ -57,6 +59,9 @@ pub struct Settings {
     pub max_batch_items: usize,
     /// Frames queued per connection before the oldest danmaku are dropped.
     pub outbox_frames: usize,
+    /// Must-arrive frames (recalls) queued per connection; one more closes
+    /// the connection as too slow, since they are never dropped.
+    pub outbox_must_frames: usize,
     /// A connection whose queue stays full this long is closed (1008 "too slow"), in ms.
     pub slow_close_ms: u64,
     /// Interval of WebSocket pings, in ms.
@@ -115,6 +120,7 @@ impl Default for Settings {
             flush_window_ms: 50,
             max_batch_items: 256,
             outbox_frames: 128,
+            outbox_must_frames: 64,
             slow_close_ms: 10_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
@@ -183,7 +189,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 14] = [
+        let positive: [(&'static str, u64); 15] = [
             ("max_text_chars", self.max_text_chars.into()),
             ("max_frame_bytes", self.max_frame_bytes.into()),
             ("post_rate_count", self.post_rate_count.into()),
@@ -193,6 +199,7 @@ impl Settings {
             ("flush_window_ms", self.flush_window_ms),
             ("max_batch_items", self.max_batch_items as u64),
             ("outbox_frames", self.outbox_frames as u64),
+            ("outbox_must_frames", self.outbox_must_frames as u64),
             ("ping_interval_ms", self.ping_interval_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("online_interval_ms", self.online_interval_ms),
@@ -264,8 +271,61 @@ impl Settings {
             history_len: self.history_len,
             history_max_age: ms(self.history_max_age_ms),
             room_buffer: self.room_buffer,
+            op_timeout: ms(self.bus_timeout_ms),
         }
     }
+
+    /// What every connection needs, as durations and sizes.
+    pub(crate) fn conn_config(&self) -> ConnConfig {
+        ConnConfig {
+            idle_timeout: ms(self.idle_timeout_ms),
+            slow_close: ms(self.slow_close_ms),
+            bad_frame_limit: self.bad_frame_limit,
+            bad_frame_window: ms(self.bad_frame_window_ms),
+            outbox_frames: self.outbox_frames,
+            outbox_must_frames: self.outbox_must_frames,
+            read_buffer_bytes: self.read_buffer_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+            max_write_buffer_bytes: self.max_write_buffer_bytes,
+            max_frame_bytes: self.max_frame_bytes as usize,
+        }
+    }
+
+    /// How room tasks batch and fan out.
+    pub(crate) fn fanout_config(&self) -> FanoutConfig {
+        FanoutConfig {
+            flush_window: ms(self.flush_window_ms),
+            max_batch_items: self.max_batch_items,
+            slow_close: ms(self.slow_close_ms),
+            online_interval: ms(self.online_interval_ms),
+        }
+    }
+}
+
+/// The settings a connection reads, built once from [`Settings`] so no
+/// connection parses raw `_ms` numbers at each use.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnConfig {
+    /// A connection silent this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// A queue full this long, or a write stalled this long, closes as too slow.
+    pub(crate) slow_close: Duration,
+    /// Bad frames within `bad_frame_window` that close the connection.
+    pub(crate) bad_frame_limit: u32,
+    /// Window of `bad_frame_limit`.
+    pub(crate) bad_frame_window: Duration,
+    /// Droppable room frames queued per connection.
+    pub(crate) outbox_frames: usize,
+    /// Must-arrive room frames queued per connection.
+    pub(crate) outbox_must_frames: usize,
+    /// WebSocket read buffer.
+    pub(crate) read_buffer_bytes: usize,
+    /// WebSocket write buffer, flushed when full.
+    pub(crate) write_buffer_bytes: usize,
+    /// Hard cap of the WebSocket write buffer.
+    pub(crate) max_write_buffer_bytes: usize,
+    /// Largest client frame and message.
+    pub(crate) max_frame_bytes: usize,
 }
 
 /// Milliseconds as a `Duration`.

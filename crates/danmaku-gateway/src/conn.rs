@@ -1,30 +1,30 @@
-//! One WebSocket connection: reads client frames, runs posts through
-//! moderation and onto the bus, and writes what the outbox holds.
+//! One WebSocket connection: the I/O loop. It reads client frames and hands
+//! each command to its handler in `cmd/`, and writes what the outbox holds.
 //!
 //! One task per connection does both directions: it waits on the socket, the
-//! outbox, the ping timer and shutdown at once, and writes every queued frame
+//! outbox, the ping pulse and shutdown at once, and writes every queued frame
 //! with one flush. Writes are bounded in time, so a stalled client is closed
 //! instead of holding anything up; nothing else ever waits on this task.
+//! This is the only module that knows the WebSocket message type.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use danmaku_bus::now_ms;
 use danmaku_moderation::ConnState;
 use danmaku_proto::{
-    decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Post, RoomId,
-    ServerEvent, MAX_NONCE_BYTES,
+    decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Role, RoomId,
+    ServerEvent,
 };
 use futures_util::{FutureExt, SinkExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 
+use crate::frame::Frame;
 use crate::outbox::{Drained, Outbox};
-use crate::rooms::to_message;
-use crate::rooms::Membership;
-use crate::{ConnSlot, Gateway};
+use crate::rooms::{Membership, Variant};
+use crate::{cmd, ConnSlot, Gateway};
 
 /// Close code for a server going down (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
@@ -70,20 +70,30 @@ impl End {
     }
 }
 
-/// Who is on the other end of a socket.
-pub(crate) struct Viewer {
-    /// The room joined.
-    pub room: RoomId,
-    /// The negotiated encoding.
-    pub format: Format,
-    /// `guest-xxxxxx`.
-    pub user: String,
-    /// Display name from `?nick=`.
-    pub name: Option<String>,
+/// Who a connection speaks for, settled before the upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identity {
+    /// The user id: `guest-xxxxxx` for guests.
+    pub(crate) user: String,
+    /// Display name, from `?nick=`.
+    pub(crate) name: Option<String>,
+    /// What the user may do; guests are viewers.
+    pub(crate) role: Role,
 }
 
-struct Conn {
-    gw: Arc<Gateway>,
+/// Who is on the other end of a socket, and how to talk to it.
+pub(crate) struct Viewer {
+    /// The room joined.
+    pub(crate) room: RoomId,
+    /// The negotiated encoding.
+    pub(crate) format: Format,
+    /// Who the connection speaks for.
+    pub(crate) identity: Identity,
+}
+
+/// Everything one connection keeps. Command handlers get it whole.
+pub(crate) struct Conn {
+    pub(crate) gw: Arc<Gateway>,
     /// This viewer's place in its room; taken (leaving the room) at the end.
     membership: Option<Membership>,
     /// The connection slot, freed when the connection is dropped.
@@ -91,10 +101,10 @@ struct Conn {
     /// This connection's number on this instance; picks its ping phase.
     conn_id: u64,
     ws: WebSocket,
-    outbox: Arc<Outbox>,
-    viewer: Viewer,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) viewer: Viewer,
     /// Rate-limit state, made on the first post: most viewers never post.
-    moderation: Option<Box<ConnState>>,
+    pub(crate) moderation: Option<Box<ConnState>>,
     /// Bad frames in the current window, and when the window started.
     bad_frames: (u32, Instant),
     /// When the client last sent anything, pongs included.
@@ -116,8 +126,14 @@ pub(crate) fn start(
     span: tracing::Span,
 ) {
     let _entered = span.enter();
-    let outbox = Arc::new(Outbox::new(gw.settings.outbox_frames));
-    let membership = gw.rooms.join(&viewer.room, outbox.clone(), viewer.format);
+    let outbox = Arc::new(Outbox::new(
+        gw.conn.outbox_frames,
+        gw.conn.outbox_must_frames,
+    ));
+    let variant = Variant {
+        format: viewer.format,
+    };
+    let membership = gw.rooms.join(&viewer.room, outbox.clone(), variant);
     let now = Instant::now();
     let conn = Box::new(Conn {
         gw,
@@ -148,8 +164,8 @@ async fn serve(mut conn: Box<Conn>) {
     let viewer = &conn.viewer;
     let hello = ServerEvent::Hello(Hello {
         room: viewer.room.as_str().to_owned(),
-        user: viewer.user.clone(),
-        name: viewer.name.clone(),
+        user: viewer.identity.user.clone(),
+        name: viewer.identity.name.clone(),
         online: gw.presence.online(viewer.room.as_str(), local),
         server: gw.instance_id.clone(),
         limits: gw.limits.clone(),
@@ -161,11 +177,7 @@ async fn serve(mut conn: Box<Conn>) {
     let end = conn.run().await;
     conn.membership.take();
     if end == End::TooSlow {
-        conn.gw
-            .rooms
-            .stats
-            .slow_evictions
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn.gw.metrics.fanout.slow_evictions.inc();
         tracing::info!(
             dropped = conn.outbox.dropped(),
             "Closing a connection that is too slow"
@@ -175,20 +187,25 @@ async fn serve(mut conn: Box<Conn>) {
     tracing::debug!(reason = ?end, dropped = conn.outbox.dropped(), "Disconnected");
 }
 
-/// The room's recent comments for `hello`, or none when the bus cannot say.
-/// Boxed by its caller: its timer would otherwise sit in every connection's
-/// state for the connection's whole life.
+/// The room's recent comments for `hello`, or none when the bus cannot say
+/// (the bus bounds the call itself). Boxed by its caller: its state would
+/// otherwise sit in every connection's future for the connection's life.
 async fn fetch_recent(gw: &Gateway, room: &RoomId) -> Vec<Danmaku> {
-    match tokio::time::timeout(gw.bus_timeout(), gw.bus.recent(room)).await {
-        Ok(Ok(recent)) => recent,
-        Ok(Err(e)) => {
+    match gw.bus.recent(room).await {
+        Ok(recent) => recent,
+        Err(e) => {
             tracing::warn!(error = %e, "Recent history unavailable");
             Vec::new()
         }
-        Err(_) => {
-            tracing::warn!("Recent history timed out");
-            Vec::new()
-        }
+    }
+}
+
+/// The WebSocket message for a frame: a reference-count clone, no copy.
+fn to_message(frame: Frame) -> Message {
+    match frame {
+        Frame::Text(text) => Message::Text(text),
+        Frame::Binary(bytes) => Message::Binary(bytes),
+        Frame::Ping => Message::Ping(Default::default()),
     }
 }
 
@@ -197,12 +214,11 @@ impl Conn {
     /// connection holds it: the busy paths (writing, handling a client
     /// frame) are boxed futures that exist only while they run.
     async fn run(&mut self) -> End {
-        let phase = self.conn_id as usize % self.gw.pulses.len();
-        let mut pulse = self.gw.pulses[phase].clone();
+        let mut pulse = self.gw.pulse(self.conn_id);
         if pulse.borrow_and_update().stopping {
             return End::GoingAway;
         }
-        let idle = crate::config::ms(self.gw.settings.idle_timeout_ms);
+        let idle = self.gw.conn.idle_timeout;
         let mut ping_due = false;
         loop {
             let mut frames = Vec::new();
@@ -211,7 +227,7 @@ impl Conn {
             }
             if !frames.is_empty() || ping_due {
                 if ping_due {
-                    frames.push(Message::Ping(Default::default()));
+                    frames.push(Frame::Ping);
                     ping_due = false;
                 }
                 if let Err(end) = Box::pin(self.write(frames)).await {
@@ -249,12 +265,12 @@ impl Conn {
     /// Writes `frames` (control frames first, as drained) with one flush.
     /// Gives up, as too slow, when the write does not finish within
     /// `slow_close_ms` or the outbox marks the connection evicted meanwhile.
-    async fn write(&mut self, frames: Vec<Message>) -> Result<(), End> {
-        let limit = crate::config::ms(self.gw.settings.slow_close_ms);
+    async fn write(&mut self, frames: Vec<Frame>) -> Result<(), End> {
+        let limit = self.gw.conn.slow_close;
         let ws = &mut self.ws;
         let write = async move {
             for frame in frames {
-                ws.feed(frame).await?;
+                ws.feed(to_message(frame)).await?;
             }
             ws.flush().await
         };
@@ -290,40 +306,37 @@ impl Conn {
         }
     }
 
-    /// Handles one data frame; text frames are JSON and binary frames are
-    /// MessagePack whatever was negotiated, and replies use the negotiated one.
+    /// Decodes one data frame and hands the command to its handler. Text
+    /// frames are JSON and binary frames are MessagePack whatever was
+    /// negotiated; replies use the negotiated one.
     async fn on_frame(&mut self, frame_format: Format, bytes: &[u8]) -> Option<End> {
-        match decode_client(frame_format, bytes) {
-            Err(e) => self.bad_frame(e.to_string()),
-            Ok(ClientEvent::Ping(ping)) => {
-                if ping
-                    .nonce
-                    .as_ref()
-                    .is_some_and(|n| n.len() > MAX_NONCE_BYTES)
-                {
-                    return self.bad_frame(format!("nonce is longer than {MAX_NONCE_BYTES} bytes"));
-                }
-                self.reply(&ServerEvent::Pong { nonce: ping.nonce });
-                None
-            }
+        let outcome = match decode_client(frame_format, bytes) {
+            Err(e) => Err(e.to_string()),
+            Ok(ClientEvent::Ping(ping)) => cmd::ping::handle(self, ping),
             Ok(ClientEvent::Post(post)) => {
-                self.on_post(post).await;
-                None
+                cmd::post::handle(self, post).await;
+                Ok(())
             }
+        };
+        match outcome {
+            Ok(()) => None,
+            Err(reason) => self.bad_frame(reason),
         }
     }
 
+    /// Counts a frame the server could not use; the one that reaches
+    /// `bad_frame_limit` within the window closes the connection.
     fn bad_frame(&mut self, reason: String) -> Option<End> {
-        let settings = &self.gw.settings;
+        let config = &self.gw.conn;
         let now = Instant::now();
         let (count, since) = &mut self.bad_frames;
-        if now.duration_since(*since) >= crate::config::ms(settings.bad_frame_window_ms) {
+        if now.duration_since(*since) >= config.bad_frame_window {
             *count = 0;
             *since = now;
         }
         *count += 1;
         tracing::debug!(count = *count, reason = %reason, "Bad frame");
-        if *count >= settings.bad_frame_limit {
+        if *count >= config.bad_frame_limit {
             return Some(End::BadFrames);
         }
         let mut message = reason;
@@ -335,73 +348,10 @@ impl Conn {
         None
     }
 
-    async fn on_post(&mut self, post: Post) {
-        let gw = &self.gw;
-        // An over-long nonce is refused, and not echoed: echoes stay in bounds.
-        let nonce = post.nonce.clone().filter(|n| n.len() <= MAX_NONCE_BYTES);
-        let moderation = self
-            .moderation
-            .get_or_insert_with(|| Box::new(gw.moderator.conn_state()));
-        let accepted = match gw.moderator.check(moderation, &post) {
-            Ok(accepted) => accepted,
-            Err(refusal) => {
-                gw.stats
-                    .posts_rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let event = ServerEvent::Reject {
-                    nonce,
-                    code: refusal.code,
-                    message: refusal.message,
-                    retry_after_ms: refusal.retry_after.map(|d| d.as_millis() as u64),
-                };
-                self.reply(&event);
-                return;
-            }
-        };
-        let comment = Arc::new(Danmaku {
-            id: gw.ids.next(),
-            room: self.viewer.room.as_str().to_owned(),
-            user: self.viewer.user.clone(),
-            name: self.viewer.name.clone(),
-            text: accepted.text,
-            color: accepted.color,
-            mode: accepted.mode,
-            ts: now_ms(),
-        });
-        let id = comment.id.clone();
-        // The outbox is not drained while this awaits, so the ack is queued
-        // before the poster's own comment can be written.
-        let published = tokio::time::timeout(gw.publish_timeout(), gw.bus.publish(comment)).await;
-        let event = match published {
-            Ok(Ok(())) => {
-                gw.stats
-                    .posts_accepted
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ServerEvent::Ack { nonce, id }
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "bus timed out".to_owned(),
-                };
-                tracing::warn!(error = %why, "Publish failed");
-                gw.stats
-                    .posts_rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                ServerEvent::Reject {
-                    nonce,
-                    code: danmaku_proto::RejectCode::Unavailable,
-                    message: "service temporarily unavailable; nothing was published".into(),
-                    retry_after_ms: Some(1000),
-                }
-            }
-        };
-        self.reply(&event);
-    }
-
-    fn reply(&self, event: &ServerEvent) {
+    /// Queues an answer to this client, in its format; never dropped.
+    pub(crate) fn reply(&self, event: &ServerEvent) {
         self.outbox
-            .push_control(to_message(encode(self.viewer.format, event)));
+            .push_control(Frame::from(encode(self.viewer.format, event)));
     }
 
     /// Sends the close frame `end` calls for, then waits briefly for the

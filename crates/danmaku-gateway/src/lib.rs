@@ -8,16 +8,20 @@
 //!
 //! Architecture invariant: only this crate knows WebSocket and HTTP.
 
+mod api;
+mod cmd;
 pub mod config;
 mod conn;
+mod frame;
 mod http;
 mod ids;
+mod metrics;
 mod outbox;
 mod presence;
 mod rooms;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,13 +32,16 @@ use danmaku_proto::{Limits, MAX_NONCE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::api::{
+    InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse,
+};
 pub use crate::config::Settings;
-pub use crate::http::{RoomCount, RoomsResponse};
 
-use crate::config::ms;
+use crate::config::{ms, ConnConfig};
 use crate::ids::IdGen;
+use crate::metrics::Metrics;
 use crate::presence::{Heartbeat, Presence};
-use crate::rooms::{FanoutConfig, Rooms};
+use crate::rooms::Rooms;
 
 /// Errors that stop a gateway.
 #[derive(Debug, thiserror::Error)]
@@ -47,44 +54,40 @@ pub enum GatewayError {
     Io(#[from] std::io::Error),
 }
 
-/// Counters of posts, for `/api/stats`.
-#[derive(Debug, Default)]
-pub(crate) struct PostStats {
-    pub posts_accepted: AtomicU64,
-    pub posts_rejected: AtomicU64,
-}
-
-/// State shared by every connection of one gateway.
+/// State shared by every connection of one gateway: what a connection and
+/// the HTTP handlers need, and nothing only `run` needs.
 pub(crate) struct Gateway {
-    pub settings: Settings,
-    pub instance_id: String,
-    pub bus: Arc<dyn Bus>,
-    pub rooms: Arc<Rooms>,
-    pub presence: Arc<Presence>,
-    pub moderator: Moderator,
+    pub(crate) instance_id: String,
+    /// Per-connection settings, built once.
+    pub(crate) conn: ConnConfig,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) rooms: Arc<Rooms>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) moderator: Moderator,
     /// Announced in every `hello`.
-    pub limits: Limits,
-    pub ids: IdGen,
-    pub stats: PostStats,
+    pub(crate) limits: Limits,
+    pub(crate) ids: IdGen,
+    /// The one registry; `connections` doubles as the admission count.
+    pub(crate) metrics: Metrics,
     /// Flips to true once when shutdown starts.
-    pub shutdown: watch::Receiver<bool>,
+    pub(crate) shutdown: watch::Receiver<bool>,
     /// What connections listen to: a ping tick every `ping_interval_ms`
     /// and the start of shutdown. A few shared timers instead of one per
     /// connection keep idle connections small; there are `PULSE_PHASES` of
     /// them, ticked in turn, so connections do not all ping at once.
-    pub pulses: Vec<watch::Receiver<Pulse>>,
-    /// Open WebSocket connections, counted from admission to close.
-    open: AtomicUsize,
-    pub conn_seq: AtomicU64,
+    pulses: Vec<watch::Receiver<Pulse>>,
+    /// Most open WebSockets.
+    max_connections: usize,
+    conn_seq: AtomicU64,
 }
 
 /// The gateway-wide signal connections wait on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Pulse {
     /// Counts ping intervals since start.
-    pub tick: u64,
+    pub(crate) tick: u64,
     /// Set once shutdown starts.
-    pub stopping: bool,
+    pub(crate) stopping: bool,
 }
 
 /// A WebSocket slot; dropping it frees the slot.
@@ -92,15 +95,17 @@ pub(crate) struct ConnSlot(Arc<Gateway>);
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
     }
 }
 
 impl Gateway {
     /// Takes a connection slot unless `max_connections` are open.
     pub(crate) fn admit(self: &Arc<Self>) -> Option<ConnSlot> {
-        let max = self.settings.max_connections;
-        self.open
+        let max = self.max_connections as i64;
+        self.metrics
+            .connections
+            .inner()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
@@ -110,27 +115,27 @@ impl Gateway {
 
     /// Open WebSocket connections.
     pub(crate) fn connections(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.metrics.connections.get().max(0) as usize
     }
 
-    /// Bound on one bus call.
-    pub(crate) fn bus_timeout(&self) -> Duration {
-        ms(self.settings.bus_timeout_ms)
+    /// A number for a new connection, unique on this instance.
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.conn_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Safety net around `Bus::publish`. The bus bounds its own work (up to
-    /// a second waiting for the room's subscription, then `bus_timeout_ms`
-    /// per command) and reports a failure itself; this outer bound is longer,
-    /// so the gateway never rejects a post the bus may still publish.
-    pub(crate) fn publish_timeout(&self) -> Duration {
-        2 * self.bus_timeout() + Duration::from_secs(1)
+    /// The pulse connection `conn_id` listens to.
+    pub(crate) fn pulse(&self, conn_id: u64) -> watch::Receiver<Pulse> {
+        self.pulses[conn_id as usize % self.pulses.len()].clone()
     }
 }
 
 /// Builds the bus the settings ask for: embedded unless `redis_url` is set.
-fn build_bus(settings: &Settings) -> Result<Arc<dyn Bus>, GatewayError> {
+fn build_bus(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Bus>, GatewayError> {
     if settings.redis_url.is_empty() {
-        return Ok(Arc::new(EmbeddedBus::new(settings.bus_config())));
+        return Ok(Arc::new(EmbeddedBus::new(
+            settings.bus_config(),
+            metrics.bus.clone(),
+        )));
     }
     // Never connects here: the bus retries in the background, so the
     // gateway serves (not ready) while Redis is down.
@@ -138,11 +143,10 @@ fn build_bus(settings: &Settings) -> Result<Arc<dyn Bus>, GatewayError> {
         prefix: settings.redis_prefix.clone(),
         unsubscribe_linger: ms(settings.unsubscribe_linger_ms),
         heartbeat_ttl: ms(settings.heartbeat_ttl_ms),
-        command_timeout: ms(settings.bus_timeout_ms),
         bus: settings.bus_config(),
         ..danmaku_bus::RedisBusConfig::default()
     };
-    let bus = danmaku_bus::RedisBus::new(&settings.redis_url, config)
+    let bus = danmaku_bus::RedisBus::new(&settings.redis_url, config, metrics.bus.clone())
         .map_err(|e| GatewayError::Config(e.to_string()))?;
     tracing::info!(prefix = %settings.redis_prefix, "Using the Redis bus");
     Ok(Arc::new(bus))
@@ -195,8 +199,9 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let moderator =
         Moderator::new(settings.policy()).map_err(|e| GatewayError::Config(e.to_string()))?;
-    let bus = build_bus(&settings)?;
     let instance_id = settings.instance_id();
+    let metrics = Metrics::new(&instance_id);
+    let bus = build_bus(&settings, &metrics)?;
     let address = if settings.public_address.is_empty() {
         listener.local_addr()?.to_string()
     } else {
@@ -205,13 +210,10 @@ pub async fn run(
     let presence = Arc::new(Presence::default());
     let rooms = Rooms::new(
         bus.clone(),
-        FanoutConfig {
-            flush_window: ms(settings.flush_window_ms),
-            max_batch_items: settings.max_batch_items,
-            slow_close: ms(settings.slow_close_ms),
-            online_interval: ms(settings.online_interval_ms),
-        },
+        settings.fanout_config(),
         presence.clone(),
+        metrics.fanout.clone(),
+        metrics.rooms.clone(),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let (pulse_txs, pulse_rxs): (Vec<_>, Vec<_>) = (0..PULSE_PHASES)
@@ -227,25 +229,24 @@ pub async fn run(
     };
     let gw = Arc::new(Gateway {
         instance_id: instance_id.clone(),
+        conn: settings.conn_config(),
         bus: bus.clone(),
         rooms: rooms.clone(),
         presence: presence.clone(),
         moderator,
         limits,
         ids: IdGen::new(),
-        stats: PostStats::default(),
+        metrics,
         shutdown: stop_rx.clone(),
         pulses: pulse_rxs,
-        open: AtomicUsize::new(0),
+        max_connections: settings.max_connections,
         conn_seq: AtomicU64::new(0),
-        settings,
     });
     let heartbeat = Heartbeat {
         id: instance_id.clone(),
         address,
         started_ms: danmaku_bus::now_ms(),
-        interval: ms(gw.settings.heartbeat_interval_ms),
-        timeout: gw.bus_timeout(),
+        interval: ms(settings.heartbeat_interval_ms),
     };
     tokio::spawn(presence::run_heartbeat(
         heartbeat,
@@ -254,16 +255,12 @@ pub async fn run(
         bus.clone(),
         stop_rx.clone(),
     ));
-    tokio::spawn(run_pulses(
-        pulse_txs,
-        ms(gw.settings.ping_interval_ms),
-        stop_rx,
-    ));
+    tokio::spawn(run_pulses(pulse_txs, ms(settings.ping_interval_ms), stop_rx));
 
     tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
     let app =
         http::router(gw.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let send_buffer = gw.settings.tcp_send_buffer_bytes;
+    let send_buffer = settings.tcp_send_buffer_bytes;
     let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -273,7 +270,7 @@ pub async fn run(
         })
         .await?;
 
-    let grace = ms(gw.settings.shutdown_grace_ms);
+    let grace = ms(settings.shutdown_grace_ms);
     let deadline = tokio::time::Instant::now() + grace;
     while gw.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -282,7 +279,8 @@ pub async fn run(
     if left > 0 {
         tracing::warn!(left, "Grace period over with sockets still open");
     }
-    let _ = tokio::time::timeout(gw.bus_timeout(), bus.leave(&instance_id)).await;
+    // The bus bounds this call itself.
+    bus.leave(&instance_id).await;
     tracing::info!("Gateway stopped");
     Ok(())
 }

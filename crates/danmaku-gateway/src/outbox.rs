@@ -1,19 +1,29 @@
 //! A connection's outbound queue: bounded, never blocking the producer.
 //!
 //! Room tasks push shared frames here and move on; the connection's own task
-//! drains it into the socket. Two lanes: control frames (hello, ack, reject,
-//! error, pong) are few, per-connection and never dropped; room frames
-//! (danmaku, batch, online) are shared, ephemeral and dropped oldest-first
-//! when the lane is full. A lane that stays full for the configured time marks
-//! the connection for eviction ("too slow").
+//! drains it into the socket. Three kinds of frame:
+//! - control frames (hello, ack, reject, error, pong) are few,
+//!   per-connection and never dropped;
+//! - room frames (danmaku, batch, online) are shared and ephemeral, and the
+//!   oldest are dropped when `capacity` of them wait;
+//! - must-arrive room frames (a recall, later moderation notices) are shared
+//!   and never dropped: they wait in the same ordered room lane as comments,
+//!   so a recall never overtakes the comment it removes, and are bounded by
+//!   `must_capacity`. A viewer that lets that many pile up is evicted.
+//!
+//! A room lane that stays full for the configured time marks the connection
+//! for eviction ("too slow"). Time is tokio's, like the rest of the
+//! connection code, so tests can pause it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::ws::Message;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::frame::Frame;
 
 /// Control frames a connection may have queued before it is considered
 /// unable to keep up; control frames are answers to the client's own
@@ -26,19 +36,39 @@ pub(crate) struct Outbox {
     /// Wakes the connection task when the queue goes from empty to not
     /// empty, or when the connection is evicted.
     wake: Notify,
-    /// Room frames dropped for this connection, for metrics.
+    /// Room frames dropped for this connection, for logs.
     dropped: AtomicU64,
 }
 
 struct State {
-    control: VecDeque<Message>,
-    data: VecDeque<Message>,
-    /// Room-frame capacity.
+    control: VecDeque<Frame>,
+    /// Room frames in arrival order, droppable and must-arrive together.
+    room: VecDeque<Queued>,
+    /// Must-arrive frames in `room`; the rest are droppable.
+    must: usize,
+    /// Droppable room-frame capacity.
     capacity: usize,
+    /// Must-arrive capacity.
+    must_capacity: usize,
     /// When the room lane was first found full since the last flush.
     full_since: Option<Instant>,
     /// Set once the connection must be closed as too slow.
     evicted: bool,
+}
+
+struct Queued {
+    frame: Frame,
+    must: bool,
+}
+
+impl State {
+    fn droppable(&self) -> usize {
+        self.room.len() - self.must
+    }
+
+    fn is_empty(&self) -> bool {
+        self.room.is_empty() && self.control.is_empty()
+    }
 }
 
 /// What [`Outbox::push_room`] did.
@@ -49,7 +79,8 @@ pub(crate) enum Pushed {
     /// The frame was queued and the oldest room frame dropped to make room.
     DroppedOldest,
     /// As `DroppedOldest`, and the queue has been full for too long: the
-    /// connection is now marked too slow.
+    /// connection is now marked too slow. For a must-arrive frame: its lane
+    /// was full, so the connection is marked too slow.
     Evicted,
     /// The connection was already evicted; the frame was discarded.
     Ignored,
@@ -65,14 +96,17 @@ pub(crate) enum Drained {
 }
 
 impl Outbox {
-    /// An empty queue holding at most `capacity` room frames. Allocates
-    /// nothing until the first frame arrives.
-    pub(crate) fn new(capacity: usize) -> Outbox {
+    /// An empty queue holding at most `capacity` droppable room frames and
+    /// `must_capacity` must-arrive ones. Allocates nothing until the first
+    /// frame arrives.
+    pub(crate) fn new(capacity: usize, must_capacity: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 control: VecDeque::new(),
-                data: VecDeque::new(),
+                room: VecDeque::new(),
+                must: 0,
                 capacity: capacity.max(1),
+                must_capacity: must_capacity.max(1),
                 full_since: None,
                 evicted: false,
             }),
@@ -81,16 +115,25 @@ impl Outbox {
         }
     }
 
-    /// Queues a shared room frame, dropping the oldest one when full.
-    pub(crate) fn push_room(&self, frame: Message, now: Instant, slow_close: Duration) -> Pushed {
+    /// Queues a shared room frame, dropping the oldest droppable one when
+    /// full. Returns what happened and the queue's length after it.
+    pub(crate) fn push_room(
+        &self,
+        frame: Frame,
+        now: Instant,
+        slow_close: Duration,
+    ) -> (Pushed, usize) {
         let mut s = self.state.lock();
         if s.evicted {
-            return Pushed::Ignored;
+            return (Pushed::Ignored, 0);
         }
-        let was_empty = s.data.is_empty() && s.control.is_empty();
+        let was_empty = s.is_empty();
         let mut outcome = Pushed::Queued;
-        if s.data.len() >= s.capacity {
-            s.data.pop_front();
+        if s.droppable() >= s.capacity {
+            // The oldest droppable frame; must-arrive frames are skipped.
+            if let Some(i) = s.room.iter().position(|q| !q.must) {
+                s.room.remove(i);
+            }
             self.dropped.fetch_add(1, Ordering::Relaxed);
             outcome = Pushed::DroppedOldest;
             let since = *s.full_since.get_or_insert(now);
@@ -99,17 +142,43 @@ impl Outbox {
                 outcome = Pushed::Evicted;
             }
         }
-        s.data.push_back(frame);
+        s.room.push_back(Queued { frame, must: false });
+        let len = s.room.len() + s.control.len();
         drop(s);
         if was_empty || outcome == Pushed::Evicted {
             self.wake.notify_one();
         }
-        outcome
+        (outcome, len)
+    }
+
+    /// Queues a shared room frame that must arrive: it is never dropped. A
+    /// viewer with `must_capacity` of them waiting is marked too slow
+    /// instead (`Pushed::Evicted`), as one whose room lane stays full is.
+    pub(crate) fn push_must(&self, frame: Frame) -> (Pushed, usize) {
+        let mut s = self.state.lock();
+        if s.evicted {
+            return (Pushed::Ignored, 0);
+        }
+        let was_empty = s.is_empty();
+        if s.must >= s.must_capacity {
+            s.evicted = true;
+            drop(s);
+            self.wake.notify_one();
+            return (Pushed::Evicted, 0);
+        }
+        s.room.push_back(Queued { frame, must: true });
+        s.must += 1;
+        let len = s.room.len() + s.control.len();
+        drop(s);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        (Pushed::Queued, len)
     }
 
     /// Queues a control frame; these are never dropped. A client that has
     /// let `MAX_CONTROL_FRAMES` answers pile up is evicted instead.
-    pub(crate) fn push_control(&self, frame: Message) {
+    pub(crate) fn push_control(&self, frame: Frame) {
         let mut s = self.state.lock();
         if s.control.len() >= MAX_CONTROL_FRAMES {
             s.evicted = true;
@@ -120,18 +189,20 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Moves every queued frame into `out`, control frames first.
-    pub(crate) fn drain(&self, out: &mut Vec<Message>) -> Drained {
+    /// Moves every queued frame into `out`: control frames first, then room
+    /// frames in the order they came.
+    pub(crate) fn drain(&self, out: &mut Vec<Frame>) -> Drained {
         let mut s = self.state.lock();
         if s.evicted {
             return Drained::Evicted;
         }
         out.extend(s.control.drain(..));
-        out.extend(s.data.drain(..));
+        out.extend(s.room.drain(..).map(|q| q.frame));
+        s.must = 0;
         // An empty lane keeps no allocation: an idle connection then costs
         // nothing here, and a busy one pays a small allocation per drain.
         s.control.shrink_to(0);
-        s.data.shrink_to(0);
+        s.room.shrink_to(0);
         Drained::Frames
     }
 
@@ -166,10 +237,11 @@ impl Outbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Frames waiting, both lanes.
+    /// Frames waiting, every lane.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         let s = self.state.lock();
-        s.control.len() + s.data.len()
+        s.control.len() + s.room.len()
     }
 }
 
@@ -177,13 +249,19 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn text(s: &str) -> Message {
-        Message::Text(s.into())
+    fn text(s: &str) -> Frame {
+        Frame::Text(s.into())
+    }
+
+    fn texts(out: &[Frame]) -> Vec<String> {
+        out.iter()
+            .map(|f| String::from_utf8(f.as_bytes().to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
     fn drops_oldest_room_frames_but_never_control_frames() {
-        let o = Outbox::new(2);
+        let o = Outbox::new(2, 4);
         let t0 = Instant::now();
         let slow = Duration::from_secs(10);
         o.push_control(text("hello"));
@@ -193,61 +271,98 @@ mod tests {
             } else {
                 Pushed::DroppedOldest
             };
-            assert_eq!(o.push_room(text(&format!("d{i}")), t0, slow), expected);
+            assert_eq!(o.push_room(text(&format!("d{i}")), t0, slow).0, expected);
         }
         o.push_control(text("ack"));
         let mut out = Vec::new();
         assert_eq!(o.drain(&mut out), Drained::Frames);
-        let got: Vec<_> = out
-            .iter()
-            .map(|m| m.to_text().unwrap().to_owned())
-            .collect();
-        assert_eq!(got, ["hello", "ack", "d3", "d4"]);
+        assert_eq!(texts(&out), ["hello", "ack", "d3", "d4"]);
         assert_eq!(o.dropped(), 3);
         assert_eq!(o.len(), 0);
     }
 
     #[test]
     fn full_for_longer_than_the_limit_evicts_and_a_flush_forgives() {
-        let o = Outbox::new(1);
+        let o = Outbox::new(1, 4);
         let t0 = Instant::now();
         let slow = Duration::from_secs(10);
         o.push_room(text("a"), t0, slow);
         o.push_room(text("b"), t0, slow); // full since t0
         assert_eq!(
-            o.push_room(text("c"), t0 + Duration::from_secs(9), slow),
+            o.push_room(text("c"), t0 + Duration::from_secs(9), slow).0,
             Pushed::DroppedOldest
         );
         o.flushed();
         // The clock restarts after a flush.
         assert_eq!(
-            o.push_room(text("d"), t0 + Duration::from_secs(11), slow),
+            o.push_room(text("d"), t0 + Duration::from_secs(11), slow).0,
             Pushed::DroppedOldest
         );
         assert_eq!(
-            o.push_room(text("e"), t0 + Duration::from_secs(20), slow),
+            o.push_room(text("e"), t0 + Duration::from_secs(20), slow).0,
             Pushed::DroppedOldest
         );
         assert_eq!(
-            o.push_room(text("f"), t0 + Duration::from_secs(21), slow),
+            o.push_room(text("f"), t0 + Duration::from_secs(21), slow).0,
             Pushed::Evicted
         );
         assert!(o.is_evicted());
         assert_eq!(o.drain(&mut Vec::new()), Drained::Evicted);
         // Eviction is reported once; later pushes are ignored.
         assert_eq!(
-            o.push_room(text("g"), t0 + Duration::from_secs(30), slow),
+            o.push_room(text("g"), t0 + Duration::from_secs(30), slow).0,
             Pushed::Ignored
         );
     }
 
     #[test]
     fn a_flood_of_control_frames_evicts_instead_of_growing() {
-        let o = Outbox::new(4);
+        let o = Outbox::new(4, 4);
         for _ in 0..MAX_CONTROL_FRAMES + 10 {
             o.push_control(text("pong"));
         }
         assert!(o.is_evicted());
         assert!(o.len() <= MAX_CONTROL_FRAMES);
+    }
+
+    #[test]
+    fn must_arrive_frames_are_never_dropped_and_keep_their_place() {
+        let o = Outbox::new(2, 4);
+        let t0 = Instant::now();
+        let slow = Duration::from_secs(10);
+        o.push_room(text("c1"), t0, slow);
+        assert_eq!(o.push_must(text("delete c1")), (Pushed::Queued, 2));
+        // The room lane overflows: comments go oldest first, the recall stays.
+        for i in 2..6 {
+            o.push_room(text(&format!("c{i}")), t0, slow);
+        }
+        let mut out = Vec::new();
+        assert_eq!(o.drain(&mut out), Drained::Frames);
+        assert_eq!(texts(&out), ["delete c1", "c4", "c5"]);
+        assert_eq!(o.dropped(), 3);
+        // A recall never overtakes the comment before it.
+        o.push_room(text("c6"), t0, slow);
+        o.push_must(text("delete c6"));
+        o.push_control(text("ack"));
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        assert_eq!(texts(&out), ["ack", "c6", "delete c6"]);
+    }
+
+    #[test]
+    fn a_viewer_that_cannot_take_must_arrive_frames_is_evicted() {
+        let o = Outbox::new(8, 2);
+        assert_eq!(o.push_must(text("m1")).0, Pushed::Queued);
+        assert_eq!(o.push_must(text("m2")).0, Pushed::Queued);
+        assert_eq!(o.push_must(text("m3")).0, Pushed::Evicted);
+        assert!(o.is_evicted());
+        assert_eq!(o.push_must(text("m4")).0, Pushed::Ignored);
+        // A drain empties the lane's budget for a viewer that keeps up.
+        let o = Outbox::new(8, 2);
+        for i in 0..10 {
+            assert_eq!(o.push_must(text(&format!("m{i}"))).0, Pushed::Queued);
+            o.drain(&mut Vec::new());
+        }
+        assert!(!o.is_evicted());
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use danmaku_bus::{Bus, InstanceReport};
+use danmaku_bus::{InstanceReport, PresenceManager};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -59,8 +59,6 @@ pub(crate) struct Heartbeat {
     pub started_ms: u64,
     /// Interval between heartbeats.
     pub interval: Duration,
-    /// Bound on each bus call.
-    pub timeout: Duration,
 }
 
 /// Reports local counts and refreshes the others' until shutdown.
@@ -68,7 +66,7 @@ pub(crate) async fn run_heartbeat(
     hb: Heartbeat,
     rooms: Arc<Rooms>,
     presence: Arc<Presence>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn PresenceManager>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(hb.interval);
@@ -85,18 +83,14 @@ pub(crate) async fn run_heartbeat(
             started_ms: hb.started_ms,
             rooms: local.clone(),
         };
-        if let Err(e) = tokio::time::timeout(hb.timeout, bus.report(report))
-            .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        // Every bus call is bounded by the bus itself.
+        if let Err(e) = bus.report(report).await {
             tracing::warn!(error = %e, "Heartbeat failed");
             continue;
         }
-        match tokio::time::timeout(hb.timeout, bus.cluster_rooms()).await {
-            Ok(Ok(cluster)) => presence.set_others(cluster, &local),
-            Ok(Err(e)) => tracing::warn!(error = %e, "Reading fleet counts failed"),
-            Err(_) => tracing::warn!("Reading fleet counts timed out"),
+        match bus.cluster_rooms().await {
+            Ok(cluster) => presence.set_others(cluster, &local),
+            Err(e) => tracing::warn!(error = %e, "Reading fleet counts failed"),
         }
     }
 }

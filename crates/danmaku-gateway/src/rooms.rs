@@ -7,23 +7,29 @@
 //! the room's bus subscription, encodes every comment once per format in use,
 //! gathers comments into `batch` frames while the room is busy, and pushes the
 //! same shared bytes into every viewer's outbox.
+//!
+//! Encoding is once per *variant*: what decides the bytes a viewer gets.
+//! Today that is its wire format; density tiers will add a dimension to
+//! [`Variant`] without touching the push loop, which asks a [`Prepared`] set
+//! for each viewer's frames and builds each variant's only on first use.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
-use danmaku_bus::{Bus, RecvError, Subscription};
+use danmaku_bus::{Broker, RecvError, RoomEvent, Subscription};
 use danmaku_proto::{
     batch_frame, encode, encode_danmaku, Danmaku, Encoded, Format, RoomId, ServerEvent,
 };
 use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::frame::Frame;
+use crate::metrics::FanoutMetrics;
 use crate::outbox::{Outbox, Pushed};
 use crate::presence::Presence;
 
@@ -41,21 +47,6 @@ pub(crate) struct FanoutConfig {
     pub slow_close: Duration,
     /// Interval of `online` events.
     pub online_interval: Duration,
-}
-
-/// Counters of the fan-out, for `/api/stats` and metrics.
-#[derive(Debug, Default)]
-pub(crate) struct FanoutStats {
-    /// Comments fanned out (counted once per room, not per viewer).
-    pub comments: AtomicU64,
-    /// Frames pushed into outboxes.
-    pub frames_pushed: AtomicU64,
-    /// Room frames dropped because a viewer's queue was full.
-    pub frames_dropped: AtomicU64,
-    /// Connections closed as too slow (queue full too long, or a write stalled).
-    pub slow_evictions: AtomicU64,
-    /// Comments a room task skipped because it fell behind the bus.
-    pub bus_lagged: AtomicU64,
 }
 
 /// One shard of the registry: room id to room.
@@ -82,10 +73,9 @@ pub(crate) struct Room {
 
 #[derive(Default)]
 struct Members {
-    slots: Vec<Option<(Arc<Outbox>, Format)>>,
+    slots: Vec<Option<(Arc<Outbox>, Variant)>>,
     free: Vec<usize>,
     count: usize,
-    per_format: [usize; 2],
 }
 
 /// A viewer's place in a room; dropping it leaves the room.
@@ -111,9 +101,11 @@ impl Membership {
 impl Rooms {
     /// An empty registry whose rooms subscribe on `bus`.
     pub(crate) fn new(
-        bus: Arc<dyn Bus>,
+        bus: Arc<dyn Broker>,
         config: FanoutConfig,
         presence: Arc<Presence>,
+        metrics: FanoutMetrics,
+        rooms_gauge: Gauge,
     ) -> Arc<Rooms> {
         Arc::new(Rooms {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -121,7 +113,8 @@ impl Rooms {
             bus,
             config,
             presence,
-            stats: Arc::default(),
+            metrics,
+            rooms_gauge,
         })
     }
 
@@ -135,7 +128,7 @@ impl Rooms {
         self: &Arc<Self>,
         id: &RoomId,
         outbox: Arc<Outbox>,
-        format: Format,
+        variant: Variant,
     ) -> Membership {
         let mut shard = self.shard(id.as_str()).lock();
         let room = shard
@@ -148,13 +141,14 @@ impl Rooms {
                 });
                 let sub = self.bus.subscribe(id);
                 let span = tracing::info_span!("room", room = %id);
+                self.rooms_gauge.inc();
                 tokio::spawn(
                     run_room(
                         room.clone(),
                         sub,
                         self.config.clone(),
                         self.presence.clone(),
-                        self.stats.clone(),
+                        self.metrics.clone(),
                     )
                     .instrument(span),
                 );
@@ -164,14 +158,13 @@ impl Rooms {
         let slot = {
             let mut m = room.members.lock();
             m.count += 1;
-            m.per_format[format.index()] += 1;
             match m.free.pop() {
                 Some(i) => {
-                    m.slots[i] = Some((outbox, format));
+                    m.slots[i] = Some((outbox, variant));
                     i
                 }
                 None => {
-                    m.slots.push(Some((outbox, format)));
+                    m.slots.push(Some((outbox, variant)));
                     m.slots.len() - 1
                 }
             }
@@ -187,9 +180,8 @@ impl Rooms {
     fn leave(&self, room: &Arc<Room>, slot: usize) {
         let mut shard = self.shard(room.id.as_str()).lock();
         let mut m = room.members.lock();
-        if let Some((_, format)) = m.slots[slot].take() {
+        if m.slots[slot].take().is_some() {
             m.count -= 1;
-            m.per_format[format.index()] -= 1;
             m.free.push(slot);
         }
         if m.count == 0 {
@@ -198,6 +190,7 @@ impl Rooms {
                 .is_some_and(|r| Arc::ptr_eq(r, room))
             {
                 shard.remove(room.id.as_str());
+                self.rooms_gauge.dec();
             }
             room.stop.notify_one();
         }
@@ -216,114 +209,143 @@ impl Rooms {
         }
         out
     }
+}
 
-    /// The longest outbox on this instance, to show queues stay bounded.
-    pub(crate) fn max_queued(&self) -> usize {
-        let mut longest = 0;
-        for shard in self.shards.iter() {
-            let rooms: Vec<Arc<Room>> = shard.lock().values().cloned().collect();
-            for room in rooms {
-                let m = room.members.lock();
-                longest = m
-                    .slots
-                    .iter()
-                    .flatten()
-                    .map(|(o, _)| o.len())
-                    .fold(longest, usize::max);
-            }
+/// The frames of one room event (or batch of comments), built once per
+/// variant on first use and shared by every viewer of that variant. A
+/// one-entry front cache answers the common case, consecutive viewers of
+/// the same variant, without a search.
+struct Prepared<F> {
+    make: F,
+    built: Vec<(Variant, Vec<Frame>)>,
+    last: usize,
+}
+
+impl<F: FnMut(Variant) -> Vec<Frame>> Prepared<F> {
+    fn new(make: F) -> Self {
+        Prepared {
+            make,
+            built: Vec::new(),
+            last: 0,
         }
-        longest
+    }
+
+    fn get(&mut self, variant: Variant) -> &[Frame] {
+        let hit = self.built.get(self.last).is_some_and(|(v, _)| *v == variant);
+        if !hit {
+            self.last = match self.built.iter().position(|(v, _)| *v == variant) {
+                Some(i) => i,
+                None => {
+                    self.built.push((variant, (self.make)(variant)));
+                    self.built.len() - 1
+                }
+            };
+        }
+        &self.built[self.last].1
     }
 }
 
+/// Which lane of the outbox a room's frames take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Comments and counts: the oldest are dropped for a viewer who lags.
+    Droppable,
+    /// Recalls: never dropped; a viewer who cannot take them is evicted.
+    Must,
+}
+
 impl Room {
-    /// Encodes `items` once per format in use and pushes the frames to
-    /// every viewer: a lone comment as itself, several as `batch` frames.
-    fn deliver(&self, items: &[Arc<Danmaku>], config: &FanoutConfig, stats: &FanoutStats) {
-        let frames = self.frames_per_format(|format| {
+    /// Pushes `items` to every viewer, encoded once per variant: a lone
+    /// comment as itself, several as `batch` frames.
+    fn deliver(&self, items: &[Arc<Danmaku>], config: &FanoutConfig, metrics: &FanoutMetrics) {
+        let mut prepared = Prepared::new(|variant: Variant| {
+            let format = variant.format;
             let mut encoded: Vec<Encoded> =
                 items.iter().map(|d| encode_danmaku(format, d)).collect();
             if encoded.len() == 1 {
-                return encoded.pop().map(to_message).into_iter().collect();
+                return encoded.pop().map(Frame::from).into_iter().collect();
             }
             encoded
                 .chunks(config.max_batch_items)
-                .map(|chunk| to_message(batch_frame(format, chunk)))
+                .map(|chunk| Frame::from(batch_frame(format, chunk)))
                 .collect()
         });
-        stats
-            .comments
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
-        self.push(&frames, config, stats);
+        metrics.comments.inc_by(items.len() as u64);
+        self.push(&mut prepared, Lane::Droppable, config, metrics);
     }
 
-    fn push_online(&self, count: u64, config: &FanoutConfig, stats: &FanoutStats) {
-        let event = ServerEvent::Online {
-            room: self.id.as_str().to_owned(),
-            count,
-        };
-        let frames = self.frames_per_format(|format| vec![to_message(encode(format, &event))]);
-        self.push(&frames, config, stats);
+    /// Pushes one server event to every viewer on `lane`.
+    fn deliver_event(
+        &self,
+        event: &ServerEvent,
+        lane: Lane,
+        config: &FanoutConfig,
+        metrics: &FanoutMetrics,
+    ) {
+        let mut prepared =
+            Prepared::new(|variant: Variant| vec![Frame::from(encode(variant.format, event))]);
+        self.push(&mut prepared, lane, config, metrics);
     }
 
-    /// The frames `make` builds for each format some viewer uses; nothing
-    /// is encoded for a format nobody in the room reads.
-    fn frames_per_format(&self, make: impl Fn(Format) -> Vec<Message>) -> [Vec<Message>; 2] {
-        let in_use = self.members.lock().per_format;
-        Format::ALL.map(|format| {
-            if in_use[format.index()] == 0 {
-                Vec::new()
-            } else {
-                make(format)
-            }
-        })
-    }
-
-    fn push(&self, frames: &[Vec<Message>; 2], config: &FanoutConfig, stats: &FanoutStats) {
-        let now = std::time::Instant::now();
-        let (mut pushed, mut dropped, mut evicted) = (0u64, 0u64, 0usize);
+    fn push<F: FnMut(Variant) -> Vec<Frame>>(
+        &self,
+        prepared: &mut Prepared<F>,
+        lane: Lane,
+        config: &FanoutConfig,
+        metrics: &FanoutMetrics,
+    ) {
+        let now = Instant::now();
+        let (mut pushed, mut dropped, mut evicted, mut longest) = (0u64, 0u64, 0usize, 0usize);
         let m = self.members.lock();
-        for (outbox, format) in m.slots.iter().flatten() {
-            for frame in &frames[format.index()] {
-                match outbox.push_room(frame.clone(), now, config.slow_close) {
-                    Pushed::Queued => {}
-                    Pushed::DroppedOldest => dropped += 1,
-                    Pushed::Evicted => {
+        for (outbox, variant) in m.slots.iter().flatten() {
+            for frame in prepared.get(*variant) {
+                let (outcome, len) = match lane {
+                    Lane::Droppable => outbox.push_room(frame.clone(), now, config.slow_close),
+                    Lane::Must => outbox.push_must(frame.clone()),
+                };
+                match (outcome, lane) {
+                    (Pushed::Queued, _) => {}
+                    (Pushed::DroppedOldest, _) => dropped += 1,
+                    (Pushed::Evicted, Lane::Droppable) => {
                         dropped += 1;
                         evicted += 1;
                     }
-                    Pushed::Ignored => continue,
+                    (Pushed::Evicted, Lane::Must) => {
+                        evicted += 1;
+                        continue;
+                    }
+                    (Pushed::Ignored, _) => continue,
                 }
+                longest = longest.max(len);
                 pushed += 1;
             }
         }
         drop(m);
-        stats.frames_pushed.fetch_add(pushed, Ordering::Relaxed);
-        stats.frames_dropped.fetch_add(dropped, Ordering::Relaxed);
+        metrics.frames_pushed.inc_by(pushed);
+        if dropped > 0 {
+            metrics.frames_dropped.inc_by(dropped);
+        }
+        if lane == Lane::Must {
+            metrics.must_frames.inc_by(pushed);
+        }
+        metrics.saw_queue(longest);
         if evicted > 0 {
             tracing::info!(evicted, "Viewers marked too slow");
         }
     }
 }
 
-/// Wraps an encoded frame as a WebSocket message without copying or
-/// re-validating it.
-pub(crate) fn to_message(frame: Encoded) -> Message {
-    match frame {
-        Encoded::Text(s) => Message::Text(s.into()),
-        Encoded::Binary(b) => Message::Binary(b.into()),
-    }
-}
-
 /// The room task: quiet rooms deliver each comment at once; a comment that
 /// arrives within `flush_window` of the previous delivery waits for the
-/// window to end and goes out with the others in one `batch` frame.
+/// window to end and goes out with the others in one `batch` frame. Any
+/// other room event first flushes what is pending, so viewers see events in
+/// the order they were published.
 async fn run_room(
     room: Arc<Room>,
     mut sub: Subscription,
     config: FanoutConfig,
     presence: Arc<Presence>,
-    stats: Arc<FanoutStats>,
+    metrics: FanoutMetrics,
 ) {
     let mut online = tokio::time::interval_at(
         Instant::now() + config.online_interval,
@@ -342,44 +364,105 @@ async fn run_room(
                 if pending.is_empty() {
                     window_end = None;
                 } else {
-                    room.deliver(&pending, &config, &stats);
+                    room.deliver(&pending, &config, &metrics);
                     pending.clear();
                     window_end = Some(Instant::now() + config.flush_window);
                 }
             }
             received = sub.recv() => match received {
-                Ok(comment) => {
+                Ok(RoomEvent::Comment(comment)) => {
                     if window_end.is_none() {
-                        room.deliver(std::slice::from_ref(&comment), &config, &stats);
+                        room.deliver(std::slice::from_ref(&comment), &config, &metrics);
                         window_end = Some(Instant::now() + config.flush_window);
                     } else {
                         pending.push(comment);
                         while pending.len() < config.max_batch_items {
                             match sub.try_recv() {
-                                Ok(Some(c)) => pending.push(c),
+                                Ok(Some(RoomEvent::Comment(c))) => pending.push(c),
+                                Ok(Some(other)) => {
+                                    room.deliver(&pending, &config, &metrics);
+                                    pending.clear();
+                                    room.on_event(other, &config, &metrics);
+                                }
                                 _ => break,
                             }
                         }
                         if pending.len() >= config.max_batch_items {
-                            room.deliver(&pending, &config, &stats);
+                            room.deliver(&pending, &config, &metrics);
                             pending.clear();
                         }
                     }
                 }
+                Ok(other) => {
+                    if !pending.is_empty() {
+                        room.deliver(&pending, &config, &metrics);
+                        pending.clear();
+                    }
+                    room.on_event(other, &config, &metrics);
+                }
                 Err(RecvError::Lagged(n)) => {
-                    stats.bus_lagged.fetch_add(n, Ordering::Relaxed);
+                    metrics.bus_lagged.inc_by(n);
                     tracing::warn!(skipped = n, "Room fell behind the bus");
                 }
                 Err(RecvError::Closed) => break,
             },
             _ = online.tick() => {
                 let local = room.members.lock().count as u64;
-                room.push_online(presence.online(room.id.as_str(), local), &config, &stats);
+                let event = ServerEvent::Online {
+                    room: room.id.as_str().to_owned(),
+                    count: presence.online(room.id.as_str(), local),
+                };
+                room.deliver_event(&event, Lane::Droppable, &config, &metrics);
             }
         }
     }
     if !pending.is_empty() {
-        room.deliver(&pending, &config, &stats);
+        room.deliver(&pending, &config, &metrics);
     }
     tracing::debug!("Room closed");
+}
+
+impl Room {
+    /// A room event other than a comment.
+    fn on_event(&self, event: RoomEvent, config: &FanoutConfig, metrics: &FanoutMetrics) {
+        match event {
+            RoomEvent::Comment(c) => self.deliver(&[c], config, metrics),
+            RoomEvent::Delete { id } => {
+                let event = ServerEvent::Delete {
+                    room: self.id.as_str().to_owned(),
+                    id,
+                };
+                self.deliver_event(&event, Lane::Must, config, metrics);
+            }
+            other => tracing::debug!(kind = other.kind(), "Room event not delivered here"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_builds_each_variant_once() {
+        let mut builds = Vec::new();
+        let json = Variant {
+            format: Format::Json,
+        };
+        let msgpack = Variant {
+            format: Format::MsgPack,
+        };
+        {
+            let mut prepared = Prepared::new(|v: Variant| {
+                builds.push(v);
+                vec![Frame::Binary(bytes::Bytes::from(format!("{:?}", v.format)))]
+            });
+            for v in [json, json, msgpack, json, msgpack, msgpack] {
+                let frames = prepared.get(v);
+                assert_eq!(frames.len(), 1);
+                assert_eq!(frames[0].as_bytes(), format!("{:?}", v.format).as_bytes());
+            }
+        }
+        assert_eq!(builds, [json, msgpack]);
+    }
 }

@@ -1,0 +1,217 @@
+//! The one metrics registry of a gateway process.
+//!
+//! Every counter and gauge the gateway and its bus keep is registered here
+//! once, at start, and read from here by `/metrics` (Prometheus text format)
+//! and `/api/stats` (JSON). Handles are cloned into the code that updates
+//! them; an update is one atomic operation: no lock, no allocation, no label
+//! lookup. Labelled series (rejects by code) are resolved into plain handles
+//! when the registry is built, so the post path never touches a `Family`.
+
+use std::sync::atomic::Ordering;
+
+use danmaku_bus::BusMetrics;
+use danmaku_proto::RejectCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// Label of the rejected-posts counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+/// Every reject code, in wire order; rejects are counted per code.
+const REJECT_CODES: [RejectCode; 5] = [
+    RejectCode::Empty,
+    RejectCode::TooLong,
+    RejectCode::BadRequest,
+    RejectCode::RateLimited,
+    RejectCode::Unavailable,
+];
+
+/// Counters of the fan-out: updated by room tasks and connections.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FanoutMetrics {
+    /// Comments fanned out, once per room task (not per viewer).
+    pub(crate) comments: Counter,
+    /// Frames pushed into outboxes (deliveries).
+    pub(crate) frames_pushed: Counter,
+    /// Room frames dropped because a viewer's queue was full.
+    pub(crate) frames_dropped: Counter,
+    /// Frames pushed on the must-arrive lane (recalls, notices).
+    pub(crate) must_frames: Counter,
+    /// Connections closed as too slow.
+    pub(crate) slow_evictions: Counter,
+    /// Room events a room task skipped because it fell behind its bus
+    /// subscription.
+    pub(crate) bus_lagged: Counter,
+    /// The longest outbox seen since start, in frames: a high-water mark
+    /// kept on push, so reading it walks no queue and takes no lock.
+    pub(crate) max_queued: Gauge,
+}
+
+impl FanoutMetrics {
+    /// Raises the high-water mark to `len` if it is higher. The plain load
+    /// first keeps the shared cache line read-mostly: the mark rarely moves.
+    pub(crate) fn saw_queue(&self, len: usize) {
+        let len = len as i64;
+        let mark = self.max_queued.inner();
+        if len > mark.load(Ordering::Relaxed) {
+            mark.fetch_max(len, Ordering::Relaxed);
+        }
+    }
+}
+
+/// All of a gateway's metrics, and the registry that exposes them.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub(crate) connections: Gauge,
+    /// Rooms with a local viewer.
+    pub(crate) rooms: Gauge,
+    /// Posts published and acknowledged.
+    pub(crate) posts_accepted: Counter,
+    /// Refused posts per code, indexed like `REJECT_CODES`.
+    rejected: [Counter; REJECT_CODES.len()],
+    /// Fan-out counters, shared with the room tasks.
+    pub(crate) fanout: FanoutMetrics,
+    /// The bus's own counters (reconnects, recoveries, unknown events).
+    pub(crate) bus: BusMetrics,
+}
+
+impl Metrics {
+    /// Builds and registers every metric; `instance` goes into build info.
+    pub(crate) fn new(instance: &str) -> Metrics {
+        let mut registry = Registry::default();
+        let connections = Gauge::default();
+        registry.register(
+            "danmaku_connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let rooms = Gauge::default();
+        registry.register("danmaku_rooms", "Rooms with a local viewer", rooms.clone());
+        let posts_accepted = Counter::default();
+        registry.register(
+            "danmaku_posts_accepted",
+            "Posts published and acknowledged",
+            posts_accepted.clone(),
+        );
+        let by_code = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "danmaku_posts_rejected",
+            "Posts refused, by reject code",
+            by_code.clone(),
+        );
+        let rejected = REJECT_CODES.map(|code| {
+            by_code
+                .get_or_create(&CodeLabel {
+                    code: code.as_str(),
+                })
+                .clone()
+        });
+        let fanout = FanoutMetrics::default();
+        registry.register(
+            "danmaku_comments_fanned_out",
+            "Comments fanned out by room tasks, once per room",
+            fanout.comments.clone(),
+        );
+        registry.register(
+            "danmaku_frames_pushed",
+            "Frames queued for viewers (deliveries)",
+            fanout.frames_pushed.clone(),
+        );
+        registry.register(
+            "danmaku_frames_dropped",
+            "Room frames dropped because a viewer's queue was full",
+            fanout.frames_dropped.clone(),
+        );
+        registry.register(
+            "danmaku_must_frames",
+            "Frames queued on the must-arrive lane (never dropped)",
+            fanout.must_frames.clone(),
+        );
+        registry.register(
+            "danmaku_slow_evictions",
+            "Connections closed as too slow",
+            fanout.slow_evictions.clone(),
+        );
+        registry.register(
+            "danmaku_bus_lagged",
+            "Room events skipped because a room task fell behind the bus",
+            fanout.bus_lagged.clone(),
+        );
+        registry.register(
+            "danmaku_max_queued_frames",
+            "Longest viewer queue seen since start, in frames",
+            fanout.max_queued.clone(),
+        );
+        let info = Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("instance", instance.to_owned()),
+        ]);
+        registry.register("danmaku_build", "Build and instance information", info);
+        let bus = BusMetrics::default();
+        bus.register(&mut registry);
+        Metrics {
+            registry,
+            connections,
+            rooms,
+            posts_accepted,
+            rejected,
+            fanout,
+            bus,
+        }
+    }
+
+    /// Counts a refused post.
+    pub(crate) fn rejected(&self, code: RejectCode) -> &Counter {
+        let i = REJECT_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(REJECT_CODES.len() - 1);
+        &self.rejected[i]
+    }
+
+    /// Refused posts of every code.
+    pub(crate) fn rejected_total(&self) -> u64 {
+        self.rejected.iter().map(Counter::get).sum()
+    }
+
+    /// Everything, in Prometheus text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_names_with_rejects_by_code() {
+        let m = Metrics::new("gw-1");
+        m.posts_accepted.inc();
+        m.rejected(RejectCode::RateLimited).inc_by(2);
+        m.fanout.saw_queue(7);
+        m.fanout.saw_queue(3);
+        let text = m.render();
+        for line in [
+            "danmaku_posts_accepted_total 1",
+            "danmaku_posts_rejected_total{code=\"rate_limited\"} 2",
+            "danmaku_posts_rejected_total{code=\"empty\"} 0",
+            "danmaku_max_queued_frames 7",
+            "danmaku_build_info{version=",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        assert_eq!(m.rejected_total(), 2);
+    }
+}
