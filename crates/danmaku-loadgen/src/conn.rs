@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use danmaku_proto::{ClientEvent, Format, Post, ServerEvent};
+use danmaku_proto::{ClientEvent, Format, Nonce, Post, ServerEvent};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -351,8 +351,9 @@ impl Conn<'_> {
     }
 }
 
-fn parse_nonce(nonce: Option<String>) -> Option<u64> {
-    nonce?.parse().ok()
+/// The sequence number an echoed nonce carries, if it is one of ours.
+fn parse_nonce(nonce: Option<Nonce>) -> Option<u64> {
+    nonce?.as_str().parse().ok()
 }
 
 /// The `post` frame for sequence number `seq`, stamped with the time now:
@@ -492,8 +493,8 @@ mod tests {
 
     #[test]
     fn nonces_are_sequence_numbers() {
-        assert_eq!(parse_nonce(Some("12".into())), Some(12));
-        assert_eq!(parse_nonce(Some("x".into())), None);
+        assert_eq!(parse_nonce(Nonce::parse("12").ok()), Some(12));
+        assert_eq!(parse_nonce(Nonce::parse("x").ok()), None);
         assert_eq!(parse_nonce(None), None);
     }
 }

@@ -345,14 +345,14 @@ mod tests {
             (hello, FrameKind::Hello),
             (
                 ServerEvent::Ack {
-                    nonce: Some("7".into()),
+                    nonce: danmaku_proto::Nonce::parse("7").ok(),
                     id: "c-9".into(),
                 },
                 FrameKind::Ack,
             ),
             (
                 ServerEvent::Reject {
-                    nonce: Some("7".into()),
+                    nonce: danmaku_proto::Nonce::parse("7").ok(),
                     code: RejectCode::RateLimited,
                     message: "slow down".into(),
                     retry_after_ms: Some(10),

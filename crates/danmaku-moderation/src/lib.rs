@@ -1,18 +1,24 @@
 //! Moderation: decides whether a client's post may be published.
 //!
 //! Every post passes through [`Moderator::check`] before it reaches the bus.
-//! This pipeline is validation (text, colour, mode, nonce) followed by
-//! a per-connection rate limit; blocked words, mutes, room modes and
-//! cluster-wide limits are later stages of the same pipeline.
+//! The pipeline is a list of small steps run in order: validation (text,
+//! colour, mode), then a per-connection rate limit. Blocked words, mutes,
+//! room modes and cluster-wide limits are later steps of the same list; each
+//! sees the [`PostContext`] (room, user, role, time) so it can be written and
+//! tested as a pure function. Nonces are not checked here: the gateway checks
+//! them once, with [`danmaku_proto::Nonce`], for posts and pings alike.
 //!
-//! Architecture invariant: moderation decides, it does not send. It returns a
-//! verdict; the gateway turns a refusal into a `reject` frame.
+//! Architecture invariant: moderation decides, it does not send, and it does
+//! no I/O. It returns a verdict; the gateway turns a refusal into a `reject`
+//! frame. Time comes from an injected [`Clock`], so tests drive it by hand.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use danmaku_proto::{validate_color, Mode, Post, RejectCode, DEFAULT_COLOR, MAX_NONCE_BYTES};
+use danmaku_proto::{validate_color, Mode, Post, RejectCode, Role, RoomId, DEFAULT_COLOR};
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 /// Settings of the moderation pipeline; every limit is configurable.
@@ -47,6 +53,24 @@ pub enum PolicyError {
     Zero(&'static str),
 }
 
+/// Who posts where and when: what every step may base its verdict on, beyond
+/// the post itself. Built by the gateway for each post.
+///
+/// `I` is the moderator's clock's instant ([`Moderator::now`]), so a test
+/// with a fake clock passes fake times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostContext<'a, I> {
+    /// The room posted to.
+    pub room: &'a RoomId,
+    /// The poster's user id.
+    pub user: &'a str,
+    /// The poster's role; room modes and mutes will let some roles through.
+    pub role: Role,
+    /// When the post arrived, from [`Moderator::now`]; a retry time is
+    /// counted from it.
+    pub now: I,
+}
+
 /// A post that passed every check, normalised for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -79,27 +103,52 @@ impl Refusal {
     }
 }
 
-/// The per-connection state moderation keeps: one governor cell, a few words.
-pub struct ConnState {
-    limiter: RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock>,
+/// The rate limiter of one connection, on clock `C`.
+type Limiter<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The per-connection state moderation keeps: one governor cell and a handle
+/// on the clock, a few words. The gateway creates it on a connection's first
+/// post, so viewers that never post cost nothing.
+pub struct ConnState<C: Clock = DefaultClock> {
+    limiter: Limiter<C>,
 }
 
-impl std::fmt::Debug for ConnState {
+impl<C: Clock> std::fmt::Debug for ConnState<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnState").finish_non_exhaustive()
     }
 }
 
 /// The moderation pipeline, shared by every connection of a gateway.
-#[derive(Debug, Clone)]
-pub struct Moderator {
+///
+/// Generic over its clock so tests can use governor's `FakeRelativeClock`
+/// (whose clones share one time) instead of waiting for real time to pass.
+#[derive(Clone)]
+pub struct Moderator<C: Clock = DefaultClock> {
     policy: Policy,
     quota: Quota,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for Moderator<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Moderator")
+            .field("policy", &self.policy)
+            .field("quota", &self.quota)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Moderator {
-    /// Builds the pipeline, refusing a policy that cannot work.
+    /// Builds the pipeline on the real clock, refusing a policy that cannot work.
     pub fn new(policy: Policy) -> Result<Moderator, PolicyError> {
+        Moderator::with_clock(policy, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Moderator<C> {
+    /// Builds the pipeline on `clock`, refusing a policy that cannot work.
+    pub fn with_clock(policy: Policy, clock: C) -> Result<Moderator<C>, PolicyError> {
         let count =
             NonZeroU32::new(policy.post_rate_count).ok_or(PolicyError::Zero("post_rate_count"))?;
         let burst = NonZeroU32::new(policy.post_burst).ok_or(PolicyError::Zero("post_burst"))?;
@@ -113,7 +162,11 @@ impl Moderator {
         let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
             .ok_or(PolicyError::Zero("post_window_ms"))?
             .allow_burst(burst);
-        Ok(Moderator { policy, quota })
+        Ok(Moderator {
+            policy,
+            quota,
+            clock,
+        })
     }
 
     /// The policy in force.
@@ -121,26 +174,43 @@ impl Moderator {
         &self.policy
     }
 
-    /// Fresh state for a new connection.
-    pub fn conn_state(&self) -> ConnState {
+    /// The time now on the moderator's clock, for [`PostContext::now`].
+    pub fn now(&self) -> C::Instant {
+        self.clock.now()
+    }
+
+    /// Fresh state for a new connection, on the moderator's clock.
+    pub fn conn_state(&self) -> ConnState<C> {
         ConnState {
-            limiter: RateLimiter::direct(self.quota),
+            limiter: RateLimiter::direct_with_clock(self.quota, self.clock.clone()),
         }
     }
 
-    /// Runs the pipeline on one post. Validation comes first so malformed
-    /// posts do not use up the sender's rate budget.
-    pub fn check(&self, conn: &ConnState, post: &Post) -> Result<Accepted, Refusal> {
-        if post
-            .nonce
-            .as_ref()
-            .is_some_and(|n| n.len() > MAX_NONCE_BYTES)
-        {
-            return Err(Refusal::new(
-                RejectCode::BadRequest,
-                format!("nonce is longer than {MAX_NONCE_BYTES} bytes"),
-            ));
-        }
+    /// Runs the pipeline on one post: each step in order, the first refusal
+    /// wins. Validation comes before the rate limit so malformed posts do
+    /// not use up the sender's budget.
+    pub fn check(
+        &self,
+        ctx: &PostContext<'_, C::Instant>,
+        conn: &mut ConnState<C>,
+        post: &Post,
+    ) -> Result<Accepted, Refusal> {
+        let accepted = self.validate(post)?;
+        rate(ctx, conn)?;
+        Ok(accepted)
+    }
+
+    /// Step 1: the post's own fields, normalised.
+    fn validate(&self, post: &Post) -> Result<Accepted, Refusal> {
+        Ok(Accepted {
+            text: self.text(post)?,
+            color: color(post)?,
+            mode: mode(post)?,
+        })
+    }
+
+    /// The text, trimmed: not empty and not too long.
+    fn text(&self, post: &Post) -> Result<String, Refusal> {
         let text = post.text.trim();
         if text.is_empty() {
             return Err(Refusal::new(RejectCode::Empty, "text is empty"));
@@ -153,37 +223,53 @@ impl Moderator {
                 format!("text is longer than {max} characters"),
             ));
         }
-        let color = match post.color.as_deref() {
-            None => DEFAULT_COLOR.to_owned(),
-            Some(c) => validate_color(c)
-                .ok_or_else(|| Refusal::new(RejectCode::BadRequest, "color must be #rrggbb"))?,
-        };
-        let mode = match post.mode.as_deref() {
-            None => Mode::Scroll,
-            Some(m) => Mode::parse(m).ok_or_else(|| {
-                Refusal::new(RejectCode::BadRequest, "mode must be scroll, top or bottom")
-            })?,
-        };
-        if let Err(not_until) = conn.limiter.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(Refusal {
-                code: RejectCode::RateLimited,
-                message: "posting too fast".into(),
-                // Round up so a client that waits exactly this long succeeds.
-                retry_after: Some(Duration::from_millis(wait.as_millis() as u64 + 1)),
-            });
-        }
-        Ok(Accepted {
-            text: text.to_owned(),
-            color,
-            mode,
-        })
+        Ok(text.to_owned())
     }
+}
+
+/// The colour, lower case; white when absent.
+fn color(post: &Post) -> Result<String, Refusal> {
+    match post.color.as_deref() {
+        None => Ok(DEFAULT_COLOR.to_owned()),
+        Some(c) => validate_color(c)
+            .ok_or_else(|| Refusal::new(RejectCode::BadRequest, "color must be #rrggbb")),
+    }
+}
+
+/// The mode; scroll when absent.
+fn mode(post: &Post) -> Result<Mode, Refusal> {
+    match post.mode.as_deref() {
+        None => Ok(Mode::Scroll),
+        Some(m) => Mode::parse(m).ok_or_else(|| {
+            Refusal::new(RejectCode::BadRequest, "mode must be scroll, top or bottom")
+        }),
+    }
+}
+
+/// Step 2: the connection's rate limit. Takes a token, or says when the next
+/// one comes, counted from `ctx.now`.
+fn rate<C: Clock>(
+    ctx: &PostContext<'_, C::Instant>,
+    conn: &mut ConnState<C>,
+) -> Result<(), Refusal> {
+    let Err(not_until) = conn.limiter.check() else {
+        return Ok(());
+    };
+    let wait = not_until.wait_time_from(ctx.now);
+    // Whole milliseconds rounded up, so a client that waits exactly this long
+    // succeeds; at least 1 ms, so a refusal never says "retry now".
+    let ms = u64::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+    Err(Refusal {
+        code: RejectCode::RateLimited,
+        message: "posting too fast".into(),
+        retry_after: Some(Duration::from_millis(ms.max(1))),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     fn post(text: &str) -> Post {
         Post {
@@ -194,14 +280,37 @@ mod tests {
         }
     }
 
-    fn moderator() -> Moderator {
-        Moderator::new(Policy::default()).unwrap()
+    fn room() -> RoomId {
+        RoomId::parse("lobby").unwrap()
+    }
+
+    /// A moderator with the default policy on a fake clock, and the clock.
+    fn moderator() -> (Moderator<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let m = Moderator::with_clock(Policy::default(), clock.clone()).unwrap();
+        (m, clock)
+    }
+
+    /// Checks `p` as a viewer of `lobby` posting now.
+    fn check<C: Clock + Clone>(
+        m: &Moderator<C>,
+        c: &mut ConnState<C>,
+        p: &Post,
+    ) -> Result<Accepted, Refusal> {
+        let room = room();
+        let ctx = PostContext {
+            room: &room,
+            user: "guest-abc123",
+            role: Role::Viewer,
+            now: m.now(),
+        };
+        m.check(&ctx, c, p)
     }
 
     #[test]
     fn accepts_and_normalises() {
-        let m = moderator();
-        let c = m.conn_state();
+        let (m, _) = moderator();
+        let mut c = m.conn_state();
         let p = Post {
             text: "  hi ".into(),
             color: Some("#AABBCC".into()),
@@ -209,35 +318,37 @@ mod tests {
             nonce: None,
         };
         assert_eq!(
-            m.check(&c, &p).unwrap(),
+            check(&m, &mut c, &p).unwrap(),
             Accepted {
                 text: "hi".into(),
                 color: "#aabbcc".into(),
                 mode: Mode::Top
             }
         );
-        assert_eq!(m.check(&c, &post("x")).unwrap().color, DEFAULT_COLOR);
+        assert_eq!(check(&m, &mut c, &post("x")).unwrap().color, DEFAULT_COLOR);
     }
 
     #[test]
     fn refuses_with_stable_codes() {
-        let m = moderator();
-        let c = m.conn_state();
+        let (m, _) = moderator();
+        let mut c = m.conn_state();
         assert_eq!(
-            m.check(&c, &post("  \n ")).unwrap_err().code,
+            check(&m, &mut c, &post("  \n ")).unwrap_err().code,
             RejectCode::Empty
         );
         assert_eq!(
-            m.check(&c, &post(&"字".repeat(101))).unwrap_err().code,
+            check(&m, &mut c, &post(&"字".repeat(101)))
+                .unwrap_err()
+                .code,
             RejectCode::TooLong
         );
-        assert!(m.check(&c, &post(&"字".repeat(100))).is_ok());
+        assert!(check(&m, &mut c, &post(&"字".repeat(100))).is_ok());
         let bad_color = Post {
             color: Some("red".into()),
             ..post("x")
         };
         assert_eq!(
-            m.check(&c, &bad_color).unwrap_err().code,
+            check(&m, &mut c, &bad_color).unwrap_err().code,
             RejectCode::BadRequest
         );
         let bad_mode = Post {
@@ -245,37 +356,158 @@ mod tests {
             ..post("x")
         };
         assert_eq!(
-            m.check(&c, &bad_mode).unwrap_err().code,
-            RejectCode::BadRequest
-        );
-        let bad_nonce = Post {
-            nonce: Some("n".repeat(65)),
-            ..post("x")
-        };
-        assert_eq!(
-            m.check(&c, &bad_nonce).unwrap_err().code,
+            check(&m, &mut c, &bad_mode).unwrap_err().code,
             RejectCode::BadRequest
         );
     }
 
     #[test]
-    fn rate_limit_allows_the_burst_then_refuses_with_retry_after() {
-        let m = moderator();
-        let c = m.conn_state();
+    fn the_nonce_is_not_moderations_business() {
+        // The gateway refuses over-long nonces (with `Nonce`) before moderation runs.
+        let (m, _) = moderator();
+        let long_nonce = Post {
+            nonce: Some("n".repeat(65)),
+            ..post("x")
+        };
+        assert!(check(&m, &mut m.conn_state(), &long_nonce).is_ok());
+    }
+
+    #[test]
+    fn rate_limit_allows_the_burst_then_refuses_with_an_exact_retry_after() {
+        let (m, clock) = moderator();
+        let mut c = m.conn_state();
         for _ in 0..3 {
-            m.check(&c, &post("x")).unwrap();
+            check(&m, &mut c, &post("x")).unwrap();
         }
-        let refusal = m.check(&c, &post("x")).unwrap_err();
+        let refusal = check(&m, &mut c, &post("x")).unwrap_err();
         assert_eq!(refusal.code, RejectCode::RateLimited);
-        let wait = refusal.retry_after.unwrap();
+        // 5 posts per 10 s: one token every 2 s, and the clock has not moved.
+        assert_eq!(refusal.retry_after, Some(Duration::from_secs(2)));
+        // Halfway there, the wait is half as long.
+        clock.advance(Duration::from_millis(500));
+        let refusal = check(&m, &mut c, &post("x")).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(1500)));
+        // Sub-millisecond waits round up, never down to "now".
+        clock.advance(Duration::from_micros(1_499_999));
+        let refusal = check(&m, &mut c, &post("x")).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn retry_after_is_counted_from_the_context_time() {
+        let (m, clock) = moderator();
+        let mut c = m.conn_state();
+        let room = room();
+        let then = m.now();
+        clock.advance(Duration::from_millis(300));
+        let ctx = PostContext {
+            room: &room,
+            user: "u",
+            role: Role::Viewer,
+            now: then,
+        };
+        for _ in 0..3 {
+            m.check(&ctx, &mut c, &post("x")).unwrap();
+        }
+        // The token is due 2 s after the limiter saw the post, 2.3 s after `then`.
+        let refusal = m.check(&ctx, &mut c, &post("x")).unwrap_err();
+        assert_eq!(refusal.retry_after, Some(Duration::from_millis(2300)));
+    }
+
+    #[test]
+    fn waiting_one_period_lets_exactly_one_more_post_through() {
+        let (m, clock) = moderator();
+        let mut c = m.conn_state();
+        for _ in 0..3 {
+            check(&m, &mut c, &post("x")).unwrap();
+        }
+        let wait = check(&m, &mut c, &post("x"))
+            .unwrap_err()
+            .retry_after
+            .unwrap();
+        clock.advance(wait - Duration::from_nanos(1));
+        assert_eq!(
+            check(&m, &mut c, &post("x")).unwrap_err().code,
+            RejectCode::RateLimited,
+            "not a moment too soon"
+        );
+        clock.advance(Duration::from_nanos(1));
+        check(&m, &mut c, &post("x")).unwrap();
+        assert_eq!(
+            check(&m, &mut c, &post("x")).unwrap_err().retry_after,
+            Some(Duration::from_secs(2))
+        );
+        // Idle long enough and the whole burst is back, no more.
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..3 {
+            check(&m, &mut c, &post("x")).unwrap();
+        }
+        assert!(check(&m, &mut c, &post("x")).is_err());
+    }
+
+    #[test]
+    fn invalid_posts_do_not_use_the_budget() {
+        let (m, _) = moderator();
+        let mut c = m.conn_state();
+        let bad_color = Post {
+            color: Some("red".into()),
+            ..post("x")
+        };
+        for _ in 0..10 {
+            assert_eq!(
+                check(&m, &mut c, &post("")).unwrap_err().code,
+                RejectCode::Empty
+            );
+            assert_eq!(
+                check(&m, &mut c, &bad_color).unwrap_err().code,
+                RejectCode::BadRequest
+            );
+        }
+        for _ in 0..3 {
+            check(&m, &mut c, &post("x")).unwrap();
+        }
+        // Once limited, invalid posts are still refused for what they are.
+        assert_eq!(
+            check(&m, &mut c, &post("x")).unwrap_err().code,
+            RejectCode::RateLimited
+        );
+        assert_eq!(
+            check(&m, &mut c, &post("")).unwrap_err().code,
+            RejectCode::Empty
+        );
+    }
+
+    #[test]
+    fn each_connection_has_its_own_budget() {
+        let (m, _) = moderator();
+        let mut first = m.conn_state();
+        for _ in 0..3 {
+            check(&m, &mut first, &post("x")).unwrap();
+        }
+        assert!(check(&m, &mut first, &post("x")).is_err());
+        let mut second = m.conn_state();
+        for _ in 0..3 {
+            check(&m, &mut second, &post("x")).unwrap();
+        }
+        assert!(check(&m, &mut second, &post("x")).is_err());
+    }
+
+    #[test]
+    fn the_real_clock_still_limits() {
+        let m = Moderator::new(Policy::default()).unwrap();
+        let mut c = m.conn_state();
+        for _ in 0..3 {
+            check(&m, &mut c, &post("x")).unwrap();
+        }
+        let wait = check(&m, &mut c, &post("x"))
+            .unwrap_err()
+            .retry_after
+            .unwrap();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(2),
             "{wait:?}"
         );
-        // Invalid posts are refused for what they are, not for the rate.
-        assert_eq!(m.check(&c, &post("")).unwrap_err().code, RejectCode::Empty);
-        // Each connection has its own budget.
-        assert!(m.check(&m.conn_state(), &post("x")).is_ok());
+        assert!(check(&m, &mut m.conn_state(), &post("x")).is_ok());
     }
 
     #[test]
@@ -298,7 +530,8 @@ mod tests {
                 ..Policy::default()
             },
         ] {
-            assert!(Moderator::new(p).is_err());
+            assert!(Moderator::new(p.clone()).is_err());
+            assert!(Moderator::with_clock(p, FakeRelativeClock::default()).is_err());
         }
     }
 }

@@ -197,7 +197,8 @@ pub fn decode_server(format: Format, bytes: &[u8]) -> Result<ServerEvent, Decode
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Danmaku, Mode, Ping, Post};
+    use crate::event::{Danmaku, Mode, Ping, Post, RejectCode};
+    use crate::validate::{Nonce, NonceTooLong};
 
     fn danmaku(i: u32) -> ServerEvent {
         ServerEvent::Danmaku(Danmaku {
@@ -223,7 +224,7 @@ mod tests {
                 },
                 ServerEvent::Pong { nonce: None },
                 ServerEvent::Ack {
-                    nonce: Some("n".into()),
+                    nonce: Nonce::parse("n").ok(),
                     id: "x".into(),
                 },
             ] {
@@ -275,6 +276,66 @@ mod tests {
         }
         let minimal = decode_client(Format::Json, br#"{"type":"ping"}"#).unwrap();
         assert_eq!(minimal, ClientEvent::Ping(Ping::default()));
+    }
+
+    #[test]
+    fn echoed_nonces_are_bare_strings_on_the_wire() {
+        let nonce = Nonce::parse("n-1").ok();
+        let cases = [
+            (
+                ServerEvent::Ack {
+                    nonce: nonce.clone(),
+                    id: "x".into(),
+                },
+                r#"{"type":"ack","nonce":"n-1","id":"x"}"#,
+            ),
+            (
+                ServerEvent::Reject {
+                    nonce: nonce.clone(),
+                    code: RejectCode::Empty,
+                    message: "m".into(),
+                    retry_after_ms: None,
+                },
+                r#"{"type":"reject","nonce":"n-1","code":"empty","message":"m"}"#,
+            ),
+            (
+                ServerEvent::Pong { nonce },
+                r#"{"type":"pong","nonce":"n-1"}"#,
+            ),
+            (ServerEvent::Pong { nonce: None }, r#"{"type":"pong"}"#),
+        ];
+        for (event, json) in cases {
+            assert_eq!(encode(Format::Json, &event), Encoded::Text(json.into()));
+            let mp = encode(Format::MsgPack, &event);
+            assert_eq!(
+                decode_server(Format::MsgPack, mp.as_bytes()).unwrap(),
+                event
+            );
+        }
+    }
+
+    #[test]
+    fn over_long_nonces_decode_and_are_caught_by_the_check() {
+        let long = "n".repeat(65);
+        let json = format!(r#"{{"type":"post","text":"hi","nonce":"{long}"}}"#);
+        let ClientEvent::Post(post) = decode_client(Format::Json, json.as_bytes()).unwrap() else {
+            panic!("not a post");
+        };
+        assert_eq!(post.nonce.as_deref(), Some(long.as_str()));
+        assert_eq!(post.nonce(), Err(NonceTooLong));
+        let json = format!(r#"{{"type":"ping","nonce":"{long}"}}"#);
+        let ClientEvent::Ping(ping) = decode_client(Format::Json, json.as_bytes()).unwrap() else {
+            panic!("not a ping");
+        };
+        assert_eq!(ping.nonce(), Err(NonceTooLong));
+        assert_eq!(Ping::default().nonce(), Ok(None));
+        let ok = Ping {
+            nonce: Some("p1".into()),
+        };
+        assert_eq!(ok.nonce().unwrap().unwrap().as_str(), "p1");
+        // A server event echoing an over-long nonce is not a valid event.
+        let echo = format!(r#"{{"type":"pong","nonce":"{long}"}}"#);
+        assert!(decode_server(Format::Json, echo.as_bytes()).is_err());
     }
 
     #[test]

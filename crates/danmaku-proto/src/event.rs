@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::validate::{Nonce, NonceTooLong};
+
 /// How a comment is drawn over the video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,17 +153,19 @@ pub enum ServerEvent {
     },
     /// The client's post was accepted and published as `id`.
     Ack {
-        /// The client's nonce, echoed.
+        /// The client's nonce, echoed; a checked [`Nonce`], so an
+        /// over-long one cannot be echoed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        nonce: Option<String>,
+        nonce: Option<Nonce>,
         /// The id every viewer sees.
         id: String,
     },
     /// The client's post was refused; nothing was published.
     Reject {
-        /// The client's nonce, echoed.
+        /// The client's nonce, echoed; a checked [`Nonce`], so an
+        /// over-long one cannot be echoed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        nonce: Option<String>,
+        nonce: Option<Nonce>,
         /// Stable reason.
         code: RejectCode,
         /// Human-readable reason.
@@ -179,9 +183,10 @@ pub enum ServerEvent {
     },
     /// Answer to a client `ping`.
     Pong {
-        /// The client's nonce, echoed.
+        /// The client's nonce, echoed; a checked [`Nonce`], so an
+        /// over-long one cannot be echoed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        nonce: Option<String>,
+        nonce: Option<Nonce>,
     },
 }
 
@@ -198,17 +203,34 @@ pub struct Post {
     /// `scroll`, `top` or `bottom`; `scroll` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    /// Any string up to 64 bytes, echoed in `ack` or `reject`.
+    /// Any string up to 64 bytes, echoed in `ack` or `reject`. Unchecked
+    /// here so an over-long nonce still decodes and can be refused without
+    /// being echoed; [`Post::nonce`] checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+}
+
+impl Post {
+    /// The post's nonce, checked: `Ok(None)` when it has none.
+    pub fn nonce(&self) -> Result<Option<Nonce>, NonceTooLong> {
+        self.nonce.as_deref().map(Nonce::parse).transpose()
+    }
 }
 
 /// A client's liveness probe.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ping {
-    /// Echoed in `pong`.
+    /// Echoed in `pong`. Unchecked here, as in [`Post`]; [`Ping::nonce`]
+    /// checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+}
+
+impl Ping {
+    /// The ping's nonce, checked: `Ok(None)` when it has none.
+    pub fn nonce(&self) -> Result<Option<Nonce>, NonceTooLong> {
+        self.nonce.as_deref().map(Nonce::parse).transpose()
+    }
 }
 
 /// Everything a client may send.

@@ -1,8 +1,10 @@
-//! Validation of the strings that come from outside: room ids, nicknames
-//! and colours (nonce length is checked where nonces are used). Pure functions, so both the gateway and third-party
-//! tools apply the same rules.
+//! Validation of the strings that come from outside: room ids, nicknames,
+//! colours and nonces. Pure functions and checked newtypes, so both the
+//! gateway and third-party tools apply the same rules.
 
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// Longest room id, in bytes (all allowed characters are ASCII).
 pub const MAX_ROOM_ID_LEN: usize = 64;
@@ -59,6 +61,82 @@ impl RoomId {
 impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A nonce that passed the length check: at most [`MAX_NONCE_BYTES`] bytes,
+/// any content, the empty string included.
+///
+/// The server echoes nonces, so the one length rule lives here and nowhere
+/// else: a reply can only carry a `Nonce`, which makes echoing an over-long
+/// one impossible by construction. Serializes as the bare string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Nonce(String);
+
+/// A nonce longer than [`MAX_NONCE_BYTES`]. It carries no copy of the nonce,
+/// so refusing one never repeats what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("nonce is longer than {MAX_NONCE_BYTES} bytes")]
+pub struct NonceTooLong;
+
+impl Nonce {
+    /// Checks `s` against the nonce length rule.
+    pub fn parse(s: &str) -> Result<Nonce, NonceTooLong> {
+        if s.len() > MAX_NONCE_BYTES {
+            return Err(NonceTooLong);
+        }
+        Ok(Nonce(s.to_owned()))
+    }
+
+    /// The nonce as the client sent it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Nonce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// By hand rather than derived, so a decoded `Nonce` (in a client or a test
+// reading server events) has passed the same check as one built by `parse`.
+impl<'de> Deserialize<'de> for Nonce {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Nonce, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() > MAX_NONCE_BYTES {
+            return Err(serde::de::Error::custom(NonceTooLong));
+        }
+        Ok(Nonce(s))
+    }
+}
+
+/// What a user may do, from least to most. Identities carry one; tokens will.
+/// Not on the wire yet, but named as it will be (lower case).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Watches and posts; every guest is one.
+    #[default]
+    Viewer,
+    /// May also act on other users' posts in the rooms they moderate.
+    Moderator,
+    /// May do everything.
+    Admin,
+}
+
+impl Role {
+    /// The lower-case name, for logs, metrics labels and later the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Moderator => "moderator",
+            Role::Admin => "admin",
+        }
     }
 }
 
@@ -132,6 +210,42 @@ mod tests {
         assert_eq!(validate_nick("   "), Err(InvalidNick::Empty));
         assert_eq!(validate_nick("a\u{0007}"), Err(InvalidNick::BadChar));
         assert_eq!(validate_nick("a\u{202E}b"), Err(InvalidNick::BadChar));
+    }
+
+    #[test]
+    fn nonces() {
+        assert_eq!(Nonce::parse("").unwrap().as_str(), "");
+        assert_eq!(Nonce::parse("n-1").unwrap().as_str(), "n-1");
+        assert!(Nonce::parse(&"n".repeat(64)).is_ok());
+        assert_eq!(Nonce::parse(&"n".repeat(65)), Err(NonceTooLong));
+        // Bytes, not characters: 21 × 3 bytes fit, 22 do not.
+        assert!(Nonce::parse(&"字".repeat(21)).is_ok());
+        assert_eq!(Nonce::parse(&"字".repeat(22)), Err(NonceTooLong));
+    }
+
+    #[test]
+    fn nonces_serialize_as_bare_strings_and_decode_checked() {
+        let n = Nonce::parse("7").unwrap();
+        assert_eq!(serde_json::to_string(&n).unwrap(), r#""7""#);
+        assert_eq!(serde_json::from_str::<Nonce>(r#""7""#).unwrap(), n);
+        let long = format!("\"{}\"", "n".repeat(65));
+        assert!(serde_json::from_str::<Nonce>(&long).is_err());
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!(Role::default(), Role::Viewer);
+        for (role, name) in [
+            (Role::Viewer, "viewer"),
+            (Role::Moderator, "moderator"),
+            (Role::Admin, "admin"),
+        ] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{name}\""));
+            let back: Role = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, role);
+        }
+        assert!(Role::Viewer < Role::Moderator && Role::Moderator < Role::Admin);
     }
 
     #[test]

@@ -39,6 +39,15 @@ proptest! {
     fn decoders_never_panic_on_mutated_frames(bytes in near_valid()) {
         for format in Format::ALL {
             if let Ok(event) = decode_client(format, &bytes) {
+                // Checking a decoded nonce never panics either.
+                match &event {
+                    ClientEvent::Post(post) => {
+                        let _ = post.nonce();
+                    }
+                    ClientEvent::Ping(ping) => {
+                        let _ = ping.nonce();
+                    }
+                }
                 let again = match format {
                     Format::Json => serde_json::to_vec(&event).unwrap(),
                     Format::MsgPack => rmp_serde::to_vec_named(&event).unwrap(),
