@@ -223,6 +223,10 @@ mod tests {
                     count: 7,
                 },
                 ServerEvent::Pong { nonce: None },
+                ServerEvent::Delete {
+                    room: "r".into(),
+                    id: "abc-1".into(),
+                },
                 ServerEvent::Ack {
                     nonce: Nonce::parse("n").ok(),
                     id: "x".into(),

@@ -151,6 +151,15 @@ pub enum ServerEvent {
         /// Viewers across all gateway instances.
         count: u64,
     },
+    /// A comment was recalled: clients remove it from the screen. Never
+    /// dropped by the server's flow control, and never overtakes the
+    /// comment it removes.
+    Delete {
+        /// The room.
+        room: String,
+        /// The recalled comment's id.
+        id: String,
+    },
     /// The client's post was accepted and published as `id`.
     Ack {
         /// The client's nonce, echoed; a checked [`Nonce`], so an
