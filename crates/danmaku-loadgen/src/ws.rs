@@ -12,7 +12,6 @@
 
 use std::io;
 
-use anyhow::{bail, Context as _};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,6 +38,59 @@ const MAX_RESPONSE_HEAD: usize = 16 << 10;
 /// Free space kept in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
 
+/// Why a connection's WebSocket conversation failed. The messages end up,
+/// as they are, in the report's list of reasons.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WsError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A frame header with RSV bits set (no extension was negotiated).
+    #[error("reserved bits set in a frame from the server")]
+    ReservedBits,
+    /// A server frame with the mask bit set, which RFC 6455 forbids.
+    #[error("masked frame from the server")]
+    Masked,
+    /// A frame longer than [`MAX_MESSAGE`].
+    #[error("frame of {0} bytes is over the {MAX_MESSAGE} byte limit")]
+    FrameTooLarge(usize),
+    /// A data frame arrived while a fragmented message was incomplete.
+    #[error("new message inside a fragmented one")]
+    NestedMessage,
+    /// A continuation frame arrived with no message to continue.
+    #[error("continuation frame without a message")]
+    StrayContinuation,
+    /// The fragments of one message add up to more than [`MAX_MESSAGE`].
+    #[error("fragmented message over the {MAX_MESSAGE} byte limit")]
+    MessageTooLarge,
+    /// An opcode RFC 6455 does not define.
+    #[error("unknown opcode {0:#x} from the server")]
+    UnknownOpcode(u8),
+    /// The handshake response head did not end within [`MAX_RESPONSE_HEAD`].
+    #[error("handshake response too long")]
+    ResponseTooLong,
+    /// The server hung up before the handshake response was complete.
+    #[error("connection closed during the handshake")]
+    ClosedDuringHandshake,
+    /// The handshake response head is not text.
+    #[error("handshake response is not UTF-8")]
+    ResponseNotUtf8(#[source] std::str::Utf8Error),
+    /// The server refused the upgrade with this HTTP status.
+    #[error("handshake: HTTP {0}")]
+    Status(String),
+    /// The accept key does not match ours.
+    #[error("handshake: wrong Sec-WebSocket-Accept")]
+    WrongAccept,
+    /// The server chose another subprotocol, or none where one is needed.
+    #[error("handshake: server chose subprotocol {got:?}, not {wanted}")]
+    WrongSubprotocol {
+        /// What the server chose.
+        got: Option<String>,
+        /// What we asked for.
+        wanted: String,
+    },
+}
+
 /// What the server sent, as the caller sees it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Incoming<'a> {
@@ -64,15 +116,15 @@ struct Header {
 
 /// Parses the header of the frame at the start of `buf`; `None` until the
 /// whole frame is in the buffer.
-fn parse_header(buf: &[u8]) -> anyhow::Result<Option<Header>> {
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        bail!("reserved bits set in a frame from the server");
+        return Err(WsError::ReservedBits);
     }
     if b1 & 0x80 != 0 {
-        bail!("masked frame from the server");
+        return Err(WsError::Masked);
     }
     let (header_len, payload_len) = match b1 & 0x7f {
         126 => match buf.get(2..4) {
@@ -89,7 +141,7 @@ fn parse_header(buf: &[u8]) -> anyhow::Result<Option<Header>> {
         n => (2, usize::from(n)),
     };
     if payload_len > MAX_MESSAGE {
-        bail!("frame of {payload_len} bytes is over the {MAX_MESSAGE} byte limit");
+        return Err(WsError::FrameTooLarge(payload_len));
     }
     let header = Header {
         fin: b0 & 0x80 != 0,
@@ -172,7 +224,7 @@ impl Codec {
 
     /// Hands every complete message in the buffer to `on_message`, answers
     /// pings, and stops after a close. Returns whether the server closed.
-    fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> anyhow::Result<bool> {
+    fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> Result<bool, WsError> {
         while let Some(h) = parse_header(&self.buf)? {
             let start = h.header_len;
             let end = start + h.payload_len;
@@ -186,17 +238,17 @@ impl Codec {
                 }
                 OP_TEXT | OP_BINARY => {
                     if self.fragments.is_some() {
-                        bail!("new message inside a fragmented one");
+                        return Err(WsError::NestedMessage);
                     }
                     self.fragments = Some((h.opcode, self.buf[start..end].to_vec()));
                 }
                 OP_CONTINUATION => {
                     let Some((opcode, data)) = self.fragments.as_mut() else {
-                        bail!("continuation frame without a message");
+                        return Err(WsError::StrayContinuation);
                     };
                     data.extend_from_slice(&self.buf[start..end]);
                     if data.len() > MAX_MESSAGE {
-                        bail!("fragmented message over the {MAX_MESSAGE} byte limit");
+                        return Err(WsError::MessageTooLarge);
                     }
                     if h.fin {
                         let text = *opcode == OP_TEXT;
@@ -225,7 +277,7 @@ impl Codec {
                     on_message(Incoming::Close(reason));
                     closed = true;
                 }
-                other => bail!("unknown opcode {other:#x} from the server"),
+                other => return Err(WsError::UnknownOpcode(other)),
             }
             self.buf.advance(end);
             if closed {
@@ -251,7 +303,7 @@ impl Client {
         path: &str,
         subprotocol: &str,
         seed: u32,
-    ) -> anyhow::Result<Client> {
+    ) -> Result<Client, WsError> {
         let key = generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -265,11 +317,11 @@ impl Client {
                 break at + 4;
             }
             if buf.len() > MAX_RESPONSE_HEAD {
-                bail!("handshake response too long");
+                return Err(WsError::ResponseTooLong);
             }
             buf.reserve(READ_CHUNK);
             if stream.read_buf(&mut buf).await? == 0 {
-                bail!("connection closed during the handshake");
+                return Err(WsError::ClosedDuringHandshake);
             }
         };
         check_response(&buf[..head_len], &key, subprotocol)?;
@@ -300,7 +352,7 @@ impl Client {
     pub(crate) async fn process(
         &mut self,
         on_message: impl FnMut(Incoming<'_>),
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, WsError> {
         let closed = self.codec.drain(on_message)?;
         if self.codec.buf.is_empty() && self.codec.buf.capacity() > 4 * READ_CHUNK {
             // Give back the room a big frame needed.
@@ -341,13 +393,13 @@ impl Client {
 /// Checks a handshake response head: status 101, the accept key for `key`,
 /// and the subprotocol (the server may leave it out only for JSON, the
 /// protocol's default).
-fn check_response(head: &[u8], key: &str, subprotocol: &str) -> anyhow::Result<()> {
-    let head = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
+fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsError> {
+    let head = std::str::from_utf8(head).map_err(WsError::ResponseNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
     if code != "101" {
-        bail!("handshake: HTTP {code}");
+        return Err(WsError::Status(code.to_owned()));
     }
     let mut accept = None;
     let mut protocol = None;
@@ -362,12 +414,15 @@ fn check_response(head: &[u8], key: &str, subprotocol: &str) -> anyhow::Result<(
         }
     }
     if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
-        bail!("handshake: wrong Sec-WebSocket-Accept");
+        return Err(WsError::WrongAccept);
     }
     match protocol {
         Some(p) if p == subprotocol => Ok(()),
         None if subprotocol == danmaku_proto::SUBPROTOCOL_JSON => Ok(()),
-        other => bail!("handshake: server chose subprotocol {other:?}, not {subprotocol}"),
+        other => Err(WsError::WrongSubprotocol {
+            got: other.map(str::to_owned),
+            wanted: subprotocol.to_owned(),
+        }),
     }
 }
 
