@@ -636,3 +636,235 @@ mod tests {
         assert_eq!(seen, ["pong are you there", "text post ünïcode"]);
     }
 }
+
+/// Property tests of the frame parser: whatever the bytes and however the
+/// socket splits them, it neither panics nor changes its answer.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// One message the server sends: a data message, possibly in fragments,
+    /// possibly with control frames between them.
+    #[derive(Debug, Clone)]
+    struct Message {
+        text: bool,
+        payload: Vec<u8>,
+        /// Where the payload is cut into fragments.
+        cuts: Vec<Index>,
+        /// A ping or pong payload to send after each fragment but the last.
+        controls: Vec<(bool, Vec<u8>)>,
+    }
+
+    /// An unmasked server frame (the test helper of `tests`, which is private there).
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Payload lengths across all three header forms; filled from a seed
+    /// rather than drawn byte by byte, which would be slow at 64 KiB.
+    fn payload(max_small: usize) -> impl Strategy<Value = Vec<u8>> {
+        let len = prop_oneof![
+            6 => 0..=max_small,
+            3 => 126..=300usize,
+            1 => 65_530..=65_545usize,
+        ];
+        (len, any::<u8>()).prop_map(|(len, seed)| {
+            (0..len)
+                .map(|i| seed.wrapping_add((i as u8).wrapping_mul(31)))
+                .collect()
+        })
+    }
+
+    fn control() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..=125),
+        )
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<bool>(),
+            payload(125),
+            proptest::collection::vec(any::<Index>(), 0..4),
+            proptest::collection::vec(control(), 0..3),
+        )
+            .prop_map(|(text, payload, cuts, controls)| Message {
+                text,
+                payload,
+                cuts,
+                controls,
+            })
+    }
+
+    /// The bytes of `messages`, with a close frame at the end if `close`.
+    fn stream(messages: &[Message], close: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            let mut cuts: Vec<usize> = m
+                .cuts
+                .iter()
+                .map(|c| c.index(m.payload.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut bounds = vec![0];
+            bounds.extend(cuts.into_iter().filter(|&c| c > 0 && c < m.payload.len()));
+            bounds.push(m.payload.len());
+            let pieces = bounds.len() - 1;
+            for (i, w) in bounds.windows(2).enumerate() {
+                let last = i + 1 == pieces;
+                let opcode = match (i, m.text) {
+                    (0, true) => OP_TEXT,
+                    (0, false) => OP_BINARY,
+                    _ => OP_CONTINUATION,
+                };
+                out.extend(frame(last, opcode, &m.payload[w[0]..w[1]]));
+                if let (false, Some((ping, p))) = (last, m.controls.get(i)) {
+                    out.extend(frame(true, if *ping { OP_PING } else { OP_PONG }, p));
+                }
+            }
+        }
+        if close {
+            out.extend(frame(true, OP_CLOSE, &1000u16.to_be_bytes()));
+        }
+        out
+    }
+
+    /// How feeding a codec ended.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum End {
+        /// Everything complete was handled; maybe part of a frame is left.
+        Pending,
+        /// The server closed.
+        Closed,
+        /// The stream broke the protocol.
+        Failed(String),
+    }
+
+    /// What a codec made of a stream.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Fed {
+        /// The messages handed out, a close as text.
+        messages: Vec<(bool, Vec<u8>)>,
+        /// How it ended.
+        end: End,
+        /// The bytes it queued to send (pongs).
+        out: Vec<u8>,
+        /// Bytes left unparsed.
+        left: usize,
+    }
+
+    /// What a codec made of `bytes` arriving in the pieces `splits` cut
+    /// them into.
+    fn feed(bytes: &[u8], splits: &[Index]) -> Fed {
+        let mut at: Vec<usize> = splits.iter().map(|s| s.index(bytes.len() + 1)).collect();
+        at.push(bytes.len());
+        at.sort_unstable();
+        let mut codec = Codec::new(5, BytesMut::new());
+        let mut got = Vec::new();
+        let mut end = End::Pending;
+        let mut from = 0;
+        for to in at {
+            codec.buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            let drained = codec.drain(|m| match m {
+                Incoming::Data { text, payload } => got.push((text, payload.to_vec())),
+                Incoming::Close(c) => got.push((false, format!("close {c:?}").into_bytes())),
+            });
+            match drained {
+                Ok(false) => {}
+                Ok(true) => {
+                    end = End::Closed;
+                    break;
+                }
+                Err(e) => {
+                    end = End::Failed(e.to_string());
+                    break;
+                }
+            }
+        }
+        Fed {
+            messages: got,
+            end,
+            out: codec.out,
+            left: codec.buf.len(),
+        }
+    }
+
+    /// Arbitrary bytes, and valid streams with a few bytes overwritten.
+    fn junk() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (
+                proptest::collection::vec(message(), 1..4),
+                proptest::collection::vec((any::<Index>(), any::<u8>()), 1..6),
+            )
+                .prop_map(|(messages, edits)| {
+                    let mut bytes = stream(&messages, false);
+                    for (at, b) in edits {
+                        let i = at.index(bytes.len());
+                        bytes[i] = b;
+                    }
+                    bytes
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn valid_frames_split_anywhere_parse_to_the_same_payloads(
+            messages in proptest::collection::vec(message(), 0..6),
+            close in any::<bool>(),
+            splits in proptest::collection::vec(any::<Index>(), 0..24),
+        ) {
+            let bytes = stream(&messages, close);
+            let whole = feed(&bytes, &[]);
+            let split = feed(&bytes, &splits);
+            let mut expected: Vec<(bool, Vec<u8>)> =
+                messages.iter().map(|m| (m.text, m.payload.clone())).collect();
+            if close {
+                expected.push((false, b"close Some((1000, \"\"))".to_vec()));
+            }
+            prop_assert_eq!(&whole.messages, &expected);
+            prop_assert_eq!(&whole.end, &if close { End::Closed } else { End::Pending });
+            prop_assert_eq!(whole.left, 0, "nothing left over");
+            prop_assert_eq!(whole, split);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_splits_never_matter(
+            bytes in junk(),
+            splits in proptest::collection::vec(any::<Index>(), 0..24),
+        ) {
+            let whole = feed(&bytes, &[]);
+            let split = feed(&bytes, &splits);
+            // Leftovers may differ after an error or a close, when feeding
+            // stops at different points; everything else must agree.
+            prop_assert_eq!(&whole.messages, &split.messages);
+            prop_assert_eq!(&whole.end, &split.end);
+            prop_assert_eq!(&whole.out, &split.out);
+            if whole.end == End::Pending {
+                prop_assert_eq!(whole.left, split.left);
+            }
+            let _ = frame_len(&bytes);
+        }
+    }
+}
