@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context as _;
 use danmaku_proto::{ClientEvent, Format, Nonce, Post, ServerEvent};
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::scan::{classify, post_text, FrameKind, Scanner};
 use crate::stats::Stats;
-use crate::ws::{Client, Incoming, OP_BINARY, OP_TEXT};
+use crate::ws::{Client, Incoming, WsError, OP_BINARY, OP_TEXT};
 
 /// Posts one poster sends back to back at most when it fell behind its
 /// schedule; the rest of the backlog is skipped rather than bursted.
@@ -93,6 +92,39 @@ pub(crate) fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Why a connection never got its `hello`. The messages, with their first
+/// cause, end up in the report's list of reasons.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// The socket could not be created.
+    #[error("socket")]
+    Socket(#[source] std::io::Error),
+    /// The source address could not be bound.
+    #[error("bind {0}")]
+    Bind(IpAddr, #[source] std::io::Error),
+    /// The TCP connection failed.
+    #[error("tcp")]
+    Tcp(#[source] std::io::Error),
+    /// `TCP_NODELAY` could not be set.
+    #[error("nodelay")]
+    NoDelay(#[source] std::io::Error),
+    /// The WebSocket handshake failed.
+    #[error(transparent)]
+    Handshake(WsError),
+    /// Reading or answering frames before `hello` failed.
+    #[error("reading hello")]
+    ReadingHello(#[source] WsError),
+    /// The first frame was not `hello`.
+    #[error("first frame was {0:?}, not hello")]
+    NotHello(FrameKind),
+    /// The server closed before `hello`, with this close frame.
+    #[error("closed before hello: {0}")]
+    ClosedBeforeHello(String),
+    /// The connection ended before `hello`, without a close frame.
+    #[error("closed before hello")]
+    EndedBeforeHello,
+}
+
 /// Runs one connection until the run stops or the gateway closes it.
 pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
     let stats = &shared.stats;
@@ -131,21 +163,21 @@ pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
 }
 
 /// Opens the socket, upgrades it and waits for `hello`.
-async fn connect(shared: &Shared, plan: &Plan) -> anyhow::Result<Client> {
+async fn connect(shared: &Shared, plan: &Plan) -> Result<Client, ConnectError> {
     let addr = plan.target.addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
-    .context("socket")?;
+    .map_err(ConnectError::Socket)?;
     if let Some(ip) = plan.source {
         socket
             .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("bind {ip}"))?;
+            .map_err(|e| ConnectError::Bind(ip, e))?;
     }
-    let tcp = socket.connect(addr).await.context("tcp")?;
-    tcp.set_nodelay(true).context("nodelay")?;
+    let tcp = socket.connect(addr).await.map_err(ConnectError::Tcp)?;
+    tcp.set_nodelay(true).map_err(ConnectError::NoDelay)?;
     let path = format!("/ws/{}", shared.rooms[plan.room]);
     let mut client = Client::handshake(
         tcp,
@@ -154,12 +186,13 @@ async fn connect(shared: &Shared, plan: &Plan) -> anyhow::Result<Client> {
         shared.format.subprotocol(),
         plan.seed,
     )
-    .await?;
+    .await
+    .map_err(ConnectError::Handshake)?;
     // The first message must be `hello`. It may have come in with the
     // handshake response, so look at what is buffered before reading.
     let mut n = usize::MAX;
     loop {
-        let mut first: Option<anyhow::Result<()>> = None;
+        let mut first: Option<Result<(), ConnectError>> = None;
         let closed = client
             .process(|m| {
                 if first.is_some() {
@@ -172,31 +205,47 @@ async fn connect(shared: &Shared, plan: &Plan) -> anyhow::Result<Client> {
                         shared.stats.frame(payload.len(), 0, |_| ());
                         match classify(format, payload) {
                             FrameKind::Hello => Ok(()),
-                            other => Err(anyhow::anyhow!("first frame was {other:?}, not hello")),
+                            other => Err(ConnectError::NotHello(other)),
                         }
                     }
-                    Incoming::Close(c) => Err(anyhow::anyhow!(
-                        "closed before hello: {}",
-                        close_reason(c.as_ref())
-                    )),
+                    Incoming::Close(c) => {
+                        Err(ConnectError::ClosedBeforeHello(close_reason(c.as_ref())))
+                    }
                 });
             })
             .await
-            .context("reading hello")?;
+            .map_err(ConnectError::ReadingHello)?;
         match first {
             Some(result) => return result.map(|()| client),
-            None if closed || n == 0 => anyhow::bail!("closed before hello"),
-            None => n = client.read().await.context("reading hello")?,
+            None if closed || n == 0 => return Err(ConnectError::EndedBeforeHello),
+            None => {
+                n = client
+                    .read()
+                    .await
+                    .map_err(|e| ConnectError::ReadingHello(e.into()))?;
+            }
         }
     }
 }
 
 /// The error with its first cause, kept short.
-fn short_error(e: &anyhow::Error) -> String {
-    match e.chain().nth(1) {
+fn short_error(e: &dyn std::error::Error) -> String {
+    match e.source() {
         Some(cause) => format!("{e}: {cause}"),
         None => e.to_string(),
     }
+}
+
+/// The error with all its causes, `: `-separated.
+fn full_error(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn close_reason(close: Option<&(u16, String)>) -> String {
@@ -299,7 +348,7 @@ impl Conn<'_> {
                             Incoming::Close(c) => closed = Some(close_reason(c.as_ref())),
                         })
                         .await
-                        .map_err(|e| format!("read error: {e:#}"))?;
+                        .map_err(|e| format!("read error: {}", full_error(&e)))?;
                     if let Some(reason) = closed {
                         return Err(reason);
                     }

@@ -407,3 +407,65 @@ mod tests {
         );
     }
 }
+
+/// Property tests: classifying and scanning read raw bytes at offsets taken
+/// from the bytes themselves, so they must hold up on anything.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use danmaku_proto::{encode_danmaku, Danmaku, Mode};
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// Real frames holding one of our comments, with a few bytes overwritten.
+    fn mutated_frame() -> impl Strategy<Value = (Format, Vec<u8>)> {
+        (
+            any::<bool>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<Index>(), any::<u8>()), 0..6),
+        )
+            .prop_map(|(json, sent_us, seq, edits)| {
+                let format = if json { Format::Json } else { Format::MsgPack };
+                let comment = Danmaku {
+                    id: "c-1".into(),
+                    room: "lg-0".into(),
+                    user: "guest-abc123".into(),
+                    name: None,
+                    text: post_text(sent_us, seq),
+                    color: "#ffffff".into(),
+                    mode: Mode::Scroll,
+                    ts: 1,
+                };
+                let mut bytes = encode_danmaku(format, &comment).as_bytes().to_vec();
+                for (at, b) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+                (format, bytes)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let scanner = Scanner::new();
+            for format in Format::ALL {
+                let _ = classify(format, &bytes);
+                scanner.scan(format, &bytes, |_| ());
+            }
+        }
+
+        #[test]
+        fn mutated_frames_never_panic_and_find_at_most_one_comment(
+            (format, bytes) in mutated_frame(),
+        ) {
+            let _ = classify(format, &bytes);
+            let mut found = 0;
+            Scanner::new().scan(format, &bytes, |_| found += 1);
+            prop_assert!(found <= 1, "{found} comments in one frame");
+        }
+    }
+}

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::Error;
 
 /// Clock ticks per second of `/proc/PID/stat` times (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -20,10 +21,13 @@ pub(crate) fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 }
 
 /// VmRSS of process `pid` in KiB.
-pub(crate) fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn vm_rss_kib(pid: u32) -> Result<u64, Error> {
     let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_vm_rss_kib(&status).with_context(|| format!("no VmRSS in {path}"))
+    let status = match std::fs::read_to_string(&path) {
+        Ok(status) => status,
+        Err(source) => return Err(Error::ReadProc { path, source }),
+    };
+    parse_vm_rss_kib(&status).ok_or(Error::NoVmRss { path })
 }
 
 /// User plus system CPU seconds, from the text of `/proc/PID/stat`.
@@ -76,7 +80,7 @@ pub(crate) async fn gateway_stats(addr: SocketAddr, host: &str) -> serde_json::V
         tcp.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         tcp.read_to_end(&mut response).await?;
-        anyhow::Ok(response)
+        std::io::Result::Ok(response)
     };
     match tokio::time::timeout(Duration::from_secs(5), fetch).await {
         Ok(Ok(response)) => parse_http_json(&response).unwrap_or(serde_json::Value::Null),

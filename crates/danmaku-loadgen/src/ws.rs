@@ -12,7 +12,6 @@
 
 use std::io;
 
-use anyhow::{bail, Context as _};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,6 +38,59 @@ const MAX_RESPONSE_HEAD: usize = 16 << 10;
 /// Free space kept in the read buffer before each read.
 const READ_CHUNK: usize = 4096;
 
+/// Why a connection's WebSocket conversation failed. The messages end up,
+/// as they are, in the report's list of reasons.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WsError {
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// A frame header with RSV bits set (no extension was negotiated).
+    #[error("reserved bits set in a frame from the server")]
+    ReservedBits,
+    /// A server frame with the mask bit set, which RFC 6455 forbids.
+    #[error("masked frame from the server")]
+    Masked,
+    /// A frame longer than [`MAX_MESSAGE`].
+    #[error("frame of {0} bytes is over the {MAX_MESSAGE} byte limit")]
+    FrameTooLarge(usize),
+    /// A data frame arrived while a fragmented message was incomplete.
+    #[error("new message inside a fragmented one")]
+    NestedMessage,
+    /// A continuation frame arrived with no message to continue.
+    #[error("continuation frame without a message")]
+    StrayContinuation,
+    /// The fragments of one message add up to more than [`MAX_MESSAGE`].
+    #[error("fragmented message over the {MAX_MESSAGE} byte limit")]
+    MessageTooLarge,
+    /// An opcode RFC 6455 does not define.
+    #[error("unknown opcode {0:#x} from the server")]
+    UnknownOpcode(u8),
+    /// The handshake response head did not end within [`MAX_RESPONSE_HEAD`].
+    #[error("handshake response too long")]
+    ResponseTooLong,
+    /// The server hung up before the handshake response was complete.
+    #[error("connection closed during the handshake")]
+    ClosedDuringHandshake,
+    /// The handshake response head is not text.
+    #[error("handshake response is not UTF-8")]
+    ResponseNotUtf8(#[source] std::str::Utf8Error),
+    /// The server refused the upgrade with this HTTP status.
+    #[error("handshake: HTTP {0}")]
+    Status(String),
+    /// The accept key does not match ours.
+    #[error("handshake: wrong Sec-WebSocket-Accept")]
+    WrongAccept,
+    /// The server chose another subprotocol, or none where one is needed.
+    #[error("handshake: server chose subprotocol {got:?}, not {wanted}")]
+    WrongSubprotocol {
+        /// What the server chose.
+        got: Option<String>,
+        /// What we asked for.
+        wanted: String,
+    },
+}
+
 /// What the server sent, as the caller sees it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Incoming<'a> {
@@ -64,15 +116,15 @@ struct Header {
 
 /// Parses the header of the frame at the start of `buf`; `None` until the
 /// whole frame is in the buffer.
-fn parse_header(buf: &[u8]) -> anyhow::Result<Option<Header>> {
+fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
     if b0 & 0x70 != 0 {
-        bail!("reserved bits set in a frame from the server");
+        return Err(WsError::ReservedBits);
     }
     if b1 & 0x80 != 0 {
-        bail!("masked frame from the server");
+        return Err(WsError::Masked);
     }
     let (header_len, payload_len) = match b1 & 0x7f {
         126 => match buf.get(2..4) {
@@ -89,7 +141,7 @@ fn parse_header(buf: &[u8]) -> anyhow::Result<Option<Header>> {
         n => (2, usize::from(n)),
     };
     if payload_len > MAX_MESSAGE {
-        bail!("frame of {payload_len} bytes is over the {MAX_MESSAGE} byte limit");
+        return Err(WsError::FrameTooLarge(payload_len));
     }
     let header = Header {
         fin: b0 & 0x80 != 0,
@@ -172,7 +224,7 @@ impl Codec {
 
     /// Hands every complete message in the buffer to `on_message`, answers
     /// pings, and stops after a close. Returns whether the server closed.
-    fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> anyhow::Result<bool> {
+    fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> Result<bool, WsError> {
         while let Some(h) = parse_header(&self.buf)? {
             let start = h.header_len;
             let end = start + h.payload_len;
@@ -186,17 +238,17 @@ impl Codec {
                 }
                 OP_TEXT | OP_BINARY => {
                     if self.fragments.is_some() {
-                        bail!("new message inside a fragmented one");
+                        return Err(WsError::NestedMessage);
                     }
                     self.fragments = Some((h.opcode, self.buf[start..end].to_vec()));
                 }
                 OP_CONTINUATION => {
                     let Some((opcode, data)) = self.fragments.as_mut() else {
-                        bail!("continuation frame without a message");
+                        return Err(WsError::StrayContinuation);
                     };
                     data.extend_from_slice(&self.buf[start..end]);
                     if data.len() > MAX_MESSAGE {
-                        bail!("fragmented message over the {MAX_MESSAGE} byte limit");
+                        return Err(WsError::MessageTooLarge);
                     }
                     if h.fin {
                         let text = *opcode == OP_TEXT;
@@ -225,7 +277,7 @@ impl Codec {
                     on_message(Incoming::Close(reason));
                     closed = true;
                 }
-                other => bail!("unknown opcode {other:#x} from the server"),
+                other => return Err(WsError::UnknownOpcode(other)),
             }
             self.buf.advance(end);
             if closed {
@@ -251,7 +303,7 @@ impl Client {
         path: &str,
         subprotocol: &str,
         seed: u32,
-    ) -> anyhow::Result<Client> {
+    ) -> Result<Client, WsError> {
         let key = generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -265,11 +317,11 @@ impl Client {
                 break at + 4;
             }
             if buf.len() > MAX_RESPONSE_HEAD {
-                bail!("handshake response too long");
+                return Err(WsError::ResponseTooLong);
             }
             buf.reserve(READ_CHUNK);
             if stream.read_buf(&mut buf).await? == 0 {
-                bail!("connection closed during the handshake");
+                return Err(WsError::ClosedDuringHandshake);
             }
         };
         check_response(&buf[..head_len], &key, subprotocol)?;
@@ -300,7 +352,7 @@ impl Client {
     pub(crate) async fn process(
         &mut self,
         on_message: impl FnMut(Incoming<'_>),
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool, WsError> {
         let closed = self.codec.drain(on_message)?;
         if self.codec.buf.is_empty() && self.codec.buf.capacity() > 4 * READ_CHUNK {
             // Give back the room a big frame needed.
@@ -341,13 +393,13 @@ impl Client {
 /// Checks a handshake response head: status 101, the accept key for `key`,
 /// and the subprotocol (the server may leave it out only for JSON, the
 /// protocol's default).
-fn check_response(head: &[u8], key: &str, subprotocol: &str) -> anyhow::Result<()> {
-    let head = std::str::from_utf8(head).context("handshake response is not UTF-8")?;
+fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsError> {
+    let head = std::str::from_utf8(head).map_err(WsError::ResponseNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
     let code = status.split_whitespace().nth(1).unwrap_or_default();
     if code != "101" {
-        bail!("handshake: HTTP {code}");
+        return Err(WsError::Status(code.to_owned()));
     }
     let mut accept = None;
     let mut protocol = None;
@@ -362,12 +414,15 @@ fn check_response(head: &[u8], key: &str, subprotocol: &str) -> anyhow::Result<(
         }
     }
     if accept != Some(derive_accept_key(key.as_bytes()).as_str()) {
-        bail!("handshake: wrong Sec-WebSocket-Accept");
+        return Err(WsError::WrongAccept);
     }
     match protocol {
         Some(p) if p == subprotocol => Ok(()),
         None if subprotocol == danmaku_proto::SUBPROTOCOL_JSON => Ok(()),
-        other => bail!("handshake: server chose subprotocol {other:?}, not {subprotocol}"),
+        other => Err(WsError::WrongSubprotocol {
+            got: other.map(str::to_owned),
+            wanted: subprotocol.to_owned(),
+        }),
     }
 }
 
@@ -579,5 +634,237 @@ mod tests {
         assert_eq!(got, [(true, 5), (false, 100_000), (false, 1000)]);
         let seen = server.await.unwrap();
         assert_eq!(seen, ["pong are you there", "text post ünïcode"]);
+    }
+}
+
+/// Property tests of the frame parser: whatever the bytes and however the
+/// socket splits them, it neither panics nor changes its answer.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// One message the server sends: a data message, possibly in fragments,
+    /// possibly with control frames between them.
+    #[derive(Debug, Clone)]
+    struct Message {
+        text: bool,
+        payload: Vec<u8>,
+        /// Where the payload is cut into fragments.
+        cuts: Vec<Index>,
+        /// A ping or pong payload to send after each fragment but the last.
+        controls: Vec<(bool, Vec<u8>)>,
+    }
+
+    /// An unmasked server frame (the test helper of `tests`, which is private there).
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Payload lengths across all three header forms; filled from a seed
+    /// rather than drawn byte by byte, which would be slow at 64 KiB.
+    fn payload(max_small: usize) -> impl Strategy<Value = Vec<u8>> {
+        let len = prop_oneof![
+            6 => 0..=max_small,
+            3 => 126..=300usize,
+            1 => 65_530..=65_545usize,
+        ];
+        (len, any::<u8>()).prop_map(|(len, seed)| {
+            (0..len)
+                .map(|i| seed.wrapping_add((i as u8).wrapping_mul(31)))
+                .collect()
+        })
+    }
+
+    fn control() -> impl Strategy<Value = (bool, Vec<u8>)> {
+        (
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..=125),
+        )
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<bool>(),
+            payload(125),
+            proptest::collection::vec(any::<Index>(), 0..4),
+            proptest::collection::vec(control(), 0..3),
+        )
+            .prop_map(|(text, payload, cuts, controls)| Message {
+                text,
+                payload,
+                cuts,
+                controls,
+            })
+    }
+
+    /// The bytes of `messages`, with a close frame at the end if `close`.
+    fn stream(messages: &[Message], close: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            let mut cuts: Vec<usize> = m
+                .cuts
+                .iter()
+                .map(|c| c.index(m.payload.len() + 1))
+                .collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut bounds = vec![0];
+            bounds.extend(cuts.into_iter().filter(|&c| c > 0 && c < m.payload.len()));
+            bounds.push(m.payload.len());
+            let pieces = bounds.len() - 1;
+            for (i, w) in bounds.windows(2).enumerate() {
+                let last = i + 1 == pieces;
+                let opcode = match (i, m.text) {
+                    (0, true) => OP_TEXT,
+                    (0, false) => OP_BINARY,
+                    _ => OP_CONTINUATION,
+                };
+                out.extend(frame(last, opcode, &m.payload[w[0]..w[1]]));
+                if let (false, Some((ping, p))) = (last, m.controls.get(i)) {
+                    out.extend(frame(true, if *ping { OP_PING } else { OP_PONG }, p));
+                }
+            }
+        }
+        if close {
+            out.extend(frame(true, OP_CLOSE, &1000u16.to_be_bytes()));
+        }
+        out
+    }
+
+    /// How feeding a codec ended.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum End {
+        /// Everything complete was handled; maybe part of a frame is left.
+        Pending,
+        /// The server closed.
+        Closed,
+        /// The stream broke the protocol.
+        Failed(String),
+    }
+
+    /// What a codec made of a stream.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Fed {
+        /// The messages handed out, a close as text.
+        messages: Vec<(bool, Vec<u8>)>,
+        /// How it ended.
+        end: End,
+        /// The bytes it queued to send (pongs).
+        out: Vec<u8>,
+        /// Bytes left unparsed.
+        left: usize,
+    }
+
+    /// What a codec made of `bytes` arriving in the pieces `splits` cut
+    /// them into.
+    fn feed(bytes: &[u8], splits: &[Index]) -> Fed {
+        let mut at: Vec<usize> = splits.iter().map(|s| s.index(bytes.len() + 1)).collect();
+        at.push(bytes.len());
+        at.sort_unstable();
+        let mut codec = Codec::new(5, BytesMut::new());
+        let mut got = Vec::new();
+        let mut end = End::Pending;
+        let mut from = 0;
+        for to in at {
+            codec.buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            let drained = codec.drain(|m| match m {
+                Incoming::Data { text, payload } => got.push((text, payload.to_vec())),
+                Incoming::Close(c) => got.push((false, format!("close {c:?}").into_bytes())),
+            });
+            match drained {
+                Ok(false) => {}
+                Ok(true) => {
+                    end = End::Closed;
+                    break;
+                }
+                Err(e) => {
+                    end = End::Failed(e.to_string());
+                    break;
+                }
+            }
+        }
+        Fed {
+            messages: got,
+            end,
+            out: codec.out,
+            left: codec.buf.len(),
+        }
+    }
+
+    /// Arbitrary bytes, and valid streams with a few bytes overwritten.
+    fn junk() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (
+                proptest::collection::vec(message(), 1..4),
+                proptest::collection::vec((any::<Index>(), any::<u8>()), 1..6),
+            )
+                .prop_map(|(messages, edits)| {
+                    let mut bytes = stream(&messages, false);
+                    for (at, b) in edits {
+                        let i = at.index(bytes.len());
+                        bytes[i] = b;
+                    }
+                    bytes
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn valid_frames_split_anywhere_parse_to_the_same_payloads(
+            messages in proptest::collection::vec(message(), 0..6),
+            close in any::<bool>(),
+            splits in proptest::collection::vec(any::<Index>(), 0..24),
+        ) {
+            let bytes = stream(&messages, close);
+            let whole = feed(&bytes, &[]);
+            let split = feed(&bytes, &splits);
+            let mut expected: Vec<(bool, Vec<u8>)> =
+                messages.iter().map(|m| (m.text, m.payload.clone())).collect();
+            if close {
+                expected.push((false, b"close Some((1000, \"\"))".to_vec()));
+            }
+            prop_assert_eq!(&whole.messages, &expected);
+            prop_assert_eq!(&whole.end, &if close { End::Closed } else { End::Pending });
+            prop_assert_eq!(whole.left, 0, "nothing left over");
+            prop_assert_eq!(whole, split);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_splits_never_matter(
+            bytes in junk(),
+            splits in proptest::collection::vec(any::<Index>(), 0..24),
+        ) {
+            let whole = feed(&bytes, &[]);
+            let split = feed(&bytes, &splits);
+            // Leftovers may differ after an error or a close, when feeding
+            // stops at different points; everything else must agree.
+            prop_assert_eq!(&whole.messages, &split.messages);
+            prop_assert_eq!(&whole.end, &split.end);
+            prop_assert_eq!(&whole.out, &split.out);
+            if whole.end == End::Pending {
+                prop_assert_eq!(whole.left, split.left);
+            }
+            let _ = frame_len(&bytes);
+        }
     }
 }
