@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use danmaku_bus::{Broker, BusMetrics, RedisBus, RedisBusConfig, RoomEvent};
 use danmaku_gateway::{RoomsResponse, Settings};
-use danmaku_proto::{Danmaku, RejectCode, ServerEvent, SUBPROTOCOL_MSGPACK};
+use danmaku_proto::{Danmaku, RejectCode, RoomId, ServerEvent, SUBPROTOCOL_MSGPACK};
 use danmaku_testkit::RedisServer;
 use serde_json::json;
 
@@ -53,6 +54,7 @@ struct Tracked {
     seen: Vec<Danmaku>,
     acked: Vec<String>,
     rejected: Vec<RejectCode>,
+    deleted: Vec<String>,
     pongs: usize,
 }
 
@@ -63,6 +65,7 @@ impl Tracked {
             seen: Vec::new(),
             acked: Vec::new(),
             rejected: Vec::new(),
+            deleted: Vec::new(),
             pongs: 0,
         }
     }
@@ -74,6 +77,7 @@ impl Tracked {
             ServerEvent::Ack { id, .. } => self.acked.push(id),
             ServerEvent::Reject { code, .. } => self.rejected.push(code),
             ServerEvent::Pong { .. } => self.pongs += 1,
+            ServerEvent::Delete { id, .. } => self.deleted.push(id),
             other => panic!("unexpected event {other:?}"),
         }
     }
@@ -559,4 +563,93 @@ async fn a_late_viewer_gets_the_last_comments_of_the_fleet_in_order() {
     }
     let texts: Vec<&str> = pa.seen[3..].iter().map(|d| d.text.as_str()).collect();
     assert_eq!(texts, ["b1", "a2", "b2", "a3", "b3"]);
+}
+
+/// A bus of the test's own on `redis`, as another instance of the fleet
+/// would have, ready to publish.
+async fn side_bus(redis: &RedisServer) -> RedisBus {
+    let bus = RedisBus::new(
+        &redis.url(),
+        RedisBusConfig::default(),
+        BusMetrics::default(),
+    )
+    .unwrap();
+    eventually("the side bus is ready", || async {
+        (bus.readiness() == danmaku_bus::Readiness::Ready).then_some(())
+    })
+    .await;
+    bus
+}
+
+#[tokio::test]
+async fn a_recall_reaches_every_instance_after_its_comment_and_leaves_history() {
+    let redis = RedisServer::start().unwrap();
+    let a = start(&redis, "gw-a", |_| {}).await;
+    let b = start(&redis, "gw-b", |_| {}).await;
+    let mut pa = Tracked::new(a.join("r").await);
+    let mut vb = Tracked::new(Client::connect(&b.url("r"), Some(SUBPROTOCOL_MSGPACK)).await);
+    let keep = pa.post("keep").await.unwrap();
+    let gone = pa.post("recalled").await.unwrap();
+    let bus = side_bus(&redis).await;
+    let room = RoomId::parse("r").unwrap();
+    assert!(bus.remove_history(&room, &gone).await.unwrap());
+    bus.publish(&room, RoomEvent::Delete { id: gone.clone() })
+        .await
+        .unwrap();
+    for t in [&mut pa, &mut vb] {
+        t.until(|t| !t.deleted.is_empty()).await;
+        assert_eq!(t.deleted, [gone.clone()]);
+        // The recall came after the comment it removes.
+        assert!(t.ids().contains(&gone));
+    }
+    // A late joiner never sees the recalled comment.
+    let late = b.join("r").await;
+    let recent: Vec<&str> = late.hello.recent.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(recent, [keep.as_str()]);
+}
+
+#[tokio::test]
+async fn an_event_kind_from_a_newer_version_is_skipped_and_counted() {
+    let redis = RedisServer::start().unwrap();
+    let a = start(&redis, "gw-a", |_| {}).await;
+    let mut pa = Tracked::new(a.join("u").await);
+    pa.post("before").await.unwrap();
+    pa.until_seen(1).await;
+
+    // What a newer instance might publish: a v1 envelope of a kind this
+    // version does not know.
+    #[derive(serde::Serialize)]
+    struct Future<'a> {
+        v: u64,
+        kind: &'a str,
+        shiny: u32,
+    }
+    let payload = rmp_serde::to_vec_named(&Future {
+        v: 1,
+        kind: "future_thing",
+        shiny: 7,
+    })
+    .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let receivers: u64 = redis::cmd("PUBLISH")
+        .arg(channel("u"))
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(receivers, 1);
+
+    // Nothing reaches the viewer for it, and the stream goes on.
+    pa.post("after").await.unwrap();
+    pa.until_seen(2).await;
+    let texts: Vec<&str> = pa.seen.iter().map(|d| d.text.as_str()).collect();
+    assert_eq!(texts, ["before", "after"]);
+    let (_, metrics) = crate::support::http_get(a.addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("danmaku_bus_unknown_events_total") && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }

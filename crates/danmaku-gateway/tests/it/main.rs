@@ -3,6 +3,7 @@
 
 mod cluster;
 mod limits;
+mod observability;
 mod protocol;
 mod shutdown;
 mod slow;

@@ -74,7 +74,7 @@ async fn a_stalled_reader_is_dropped_from_without_slowing_the_room_then_closed()
         let nonce = poster.post(&format!("{i:0>90}")).await;
         loop {
             match poster.next_event().await {
-                ServerEvent::Ack { nonce: Some(n), .. } if n == nonce => break,
+                ServerEvent::Ack { nonce: Some(n), .. } if n.as_str() == nonce => break,
                 ServerEvent::Danmaku(_) => continue,
                 other => panic!("unexpected {other:?}"),
             }

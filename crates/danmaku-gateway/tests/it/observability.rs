@@ -1,0 +1,78 @@
+//! What an operator reads: `/metrics` in Prometheus text format and
+//! `/api/stats`, both from the one registry, typed as clients decode them.
+
+use danmaku_gateway::StatsResponse;
+use danmaku_proto::{RejectCode, ServerEvent};
+
+use crate::support::{http_request, TestGateway};
+
+/// The value of one sample line of a Prometheus text document.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_and_stats_count_posts_rejects_and_connections_from_one_registry() {
+    let gw = TestGateway::start(crate::support::settings()).await;
+    let mut a = gw.join("m").await;
+    let _b = gw.join("m").await;
+    a.post("hello").await;
+    loop {
+        match a.next_event().await {
+            ServerEvent::Ack { .. } => break,
+            ServerEvent::Danmaku(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    a.post("   ").await;
+    loop {
+        match a.next_event().await {
+            ServerEvent::Reject { code, .. } => {
+                assert_eq!(code, RejectCode::Empty);
+                break;
+            }
+            ServerEvent::Danmaku(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    let (status, text) = http_request(
+        gw.addr,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, "danmaku_connections"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "danmaku_rooms"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "danmaku_posts_accepted_total"), Some(1.0));
+    assert_eq!(
+        sample(&text, "danmaku_posts_rejected_total{code=\"empty\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "danmaku_posts_rejected_total{code=\"rate_limited\"}"),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "danmaku_comments_fanned_out_total"), Some(1.0));
+    assert!(sample(&text, "danmaku_frames_pushed_total").unwrap() >= 2.0);
+    // The bus's counters are in the same registry.
+    assert!(text.contains("danmaku_bus_"), "{text}");
+    // Every metric has its HELP and TYPE, and counters end in _total.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert!(parts[2].starts_with("danmaku_"), "{line}");
+        if parts[3] == "counter" {
+            assert!(
+                text.contains(&format!("{}_total", parts[2])),
+                "{line} has no _total sample"
+            );
+        }
+    }
+
+    let stats: StatsResponse = serde_json::from_value(gw.get_json("/api/stats").await).unwrap();
+    assert_eq!(stats.connections, 2);
+    assert_eq!((stats.posts_accepted, stats.posts_rejected), (1, 1));
+    assert_eq!(stats.comments_fanned_out, 1);
+    assert!(stats.max_queued_frames >= 1);
+}
