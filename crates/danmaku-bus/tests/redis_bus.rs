@@ -806,7 +806,8 @@ async fn every_operation_resolves_within_op_timeout_when_redis_hangs() {
     let _: String = redis
         .redis_cli(&["CLIENT", "PAUSE", "5000", "ALL"])
         .unwrap();
-    let bound = op_timeout + Duration::from_millis(300);
+    // The slack is scheduling on a busy test machine, not part of the promise.
+    let bound = op_timeout + Duration::from_millis(500);
 
     async fn timed<T: std::fmt::Debug>(
         what: &str,

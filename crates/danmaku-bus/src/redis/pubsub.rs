@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
-use super::rooms::Rooms;
 use super::transport::PubSubLink;
 use super::{recovery, Inner};
 use crate::envelope::{self, Decoded};
@@ -173,8 +172,7 @@ async fn reconcile(
                 return true;
             }
             // Rejoined meanwhile: stays subscribed.
-            if Rooms::forget_if_idle(&mut map, inner.rooms.metrics(), room) && current.remove(room)
-            {
+            if inner.rooms.forget_if_idle(&mut map, room) && current.remove(room) {
                 unsubscribe.push(room.clone());
             }
             false

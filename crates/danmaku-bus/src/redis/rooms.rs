@@ -140,25 +140,18 @@ impl Rooms {
         self.pending.lock().clear();
     }
 
-    /// Forgets a room whose linger ended, if it still has no subscription;
-    /// true if it was forgotten.
-    pub(crate) fn forget_if_idle(
-        map: &mut HashMap<String, RoomState>,
-        metrics: &BusMetrics,
-        room: &str,
-    ) -> bool {
+    /// Forgets a room whose linger ended, if it still has no subscription
+    /// (one may have come back meanwhile); true if it was forgotten. Takes
+    /// the locked map so the caller decides the whole batch under one lock.
+    pub(crate) fn forget_if_idle(&self, map: &mut HashMap<String, RoomState>, room: &str) -> bool {
         match map.get(room) {
             Some(st) if st.local == 0 => {
                 map.remove(room);
-                metrics.subscribed_rooms.dec();
+                self.metrics.subscribed_rooms.dec();
                 true
             }
             _ => false,
         }
-    }
-
-    pub(crate) fn metrics(&self) -> &BusMetrics {
-        &self.metrics
     }
 
     /// Marks rooms as subscribed (or not) on the current connection,
