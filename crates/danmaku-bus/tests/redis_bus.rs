@@ -1,6 +1,8 @@
 //! The Redis bus against a real `redis-server` started per test: delivery
-//! in order and only to subscribed rooms, history, subscription lifetime
-//! (batching, linger), presence, and recovery from outages.
+//! in order and only to subscribed rooms, history and its removal, deletes,
+//! the control channel, subscription lifetime (batching, linger), presence,
+//! recovery from outages, the envelope's compatibility (legacy, unknown,
+//! garbage payloads), the operation timeout, and the metrics that count it.
 
 use std::future::Future;
 use std::sync::Arc;
