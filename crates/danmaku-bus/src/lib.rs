@@ -2,36 +2,55 @@
 //! to every gateway serving the room, plus the shared state that must be seen
 //! across instances (recent history, per-room online counts, live instances).
 //!
-//! The gateway talks to one [`Bus`] trait object and never knows which
-//! implementation it has: [`EmbeddedBus`] keeps everything in this process
-//! (the default for a single instance), [`RedisBus`] shares it across a
-//! fleet through one Redis.
+//! Its API is split the way centrifuge splits its engine, one trait per
+//! concern, so each can later be backed by something else:
+//!
+//! - [`Broker`]: a room's events (publish, subscribe) and its history;
+//! - [`PresenceManager`]: the fleet's heartbeats and per-room counts;
+//! - [`Controller`]: node-to-node control messages, fleet-wide;
+//! - [`Health`]: whether posts can be taken now.
+//!
+//! [`Bus`] is all four at once, and what the gateway holds (as
+//! `Arc<dyn Bus>`): [`EmbeddedBus`] keeps everything in this process (the
+//! default for a single instance), [`RedisBus`] shares it across a fleet
+//! through one Redis.
+//!
+//! Every future the bus returns is bounded by the bus itself
+//! ([`BusConfig::op_timeout`]): callers never wrap a bus call in a timeout.
 //!
 //! Architecture invariant: only this crate knows Redis. It knows nothing of
-//! WebSockets or of who is connected; it deals in rooms and comments.
+//! WebSockets or of who is connected; it deals in rooms and events.
 
+mod deadline;
 mod embedded;
+mod envelope;
+mod event;
+mod metrics;
 mod redis;
+mod subscription;
+mod throttle;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_proto::{Danmaku, RoomId};
-use tokio::sync::broadcast;
 
 pub use crate::embedded::EmbeddedBus;
+pub use crate::event::{ControlMessage, RoomEvent};
+pub use crate::metrics::BusMetrics;
 pub use crate::redis::{RedisBus, RedisBusConfig};
+pub use crate::subscription::{ControlSubscription, RecvError, Subscription};
 
-/// A boxed future, so [`Bus`] can be used as a trait object.
+/// A boxed future, so the bus traits can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Errors of a bus operation, as the gateway must classify them.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
-    /// The backend cannot be reached or did not answer in time; the operation
-    /// had no effect (a post is not published).
+    /// The backend cannot be reached or did not answer within
+    /// [`BusConfig::op_timeout`]; the operation had no effect (a post is not
+    /// published).
     #[error("bus unavailable: {0}")]
     Unavailable(String),
     /// The bus cannot be built from its settings (a malformed Redis URL, or
@@ -47,9 +66,14 @@ pub struct BusConfig {
     pub history_len: usize,
     /// Comments older than this are not sent in `hello.recent`.
     pub history_max_age: Duration,
-    /// Comments buffered per room between the bus and a lagging room task;
+    /// Events buffered per room between the bus and a lagging room task;
     /// beyond this the oldest are skipped for that room on this instance.
     pub room_buffer: usize,
+    /// The longest any future returned by the bus takes to resolve, all
+    /// waits included; past it the operation ends with
+    /// [`BusError::Unavailable`]. The bus is the one owner of this bound,
+    /// so callers need no timeout of their own.
+    pub op_timeout: Duration,
 }
 
 impl Default for BusConfig {
@@ -58,6 +82,7 @@ impl Default for BusConfig {
             history_len: 50,
             history_max_age: Duration::from_secs(600),
             room_buffer: 256,
+            op_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -75,20 +100,13 @@ pub struct InstanceReport {
     pub rooms: Vec<(String, u64)>,
 }
 
-/// A live instance, as `GET /api/instances` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InstanceInfo {
-    /// The instance id.
-    pub id: String,
-    /// The address clients reach it at.
-    pub address: String,
-    /// Its WebSocket connections.
-    pub connections: u64,
-    /// Rooms with at least one of its connections.
-    pub rooms: u64,
-    /// Seconds since it started.
-    pub uptime_s: u64,
-    /// When it last reported, in ms since the Unix epoch.
+/// A live instance's last heartbeat, raw: the gateway turns it into its own
+/// `/api` type, so the bus does not decide what the API shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// What it reported.
+    pub report: InstanceReport,
+    /// When the bus recorded that report, in ms since the Unix epoch.
     pub last_heartbeat_ms: u64,
 }
 
@@ -101,85 +119,71 @@ pub enum Readiness {
     NotReady(String),
 }
 
-/// Why [`Subscription::recv`] returned without a comment.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecvError {
-    /// The room task fell behind and this many comments were skipped.
-    #[error("subscription lagged by {0} comments")]
-    Lagged(u64),
-    /// The bus is gone; no more comments will come.
-    #[error("bus closed")]
-    Closed,
-}
+/// Pub/sub with history: a room's events, and the comments a late joiner is
+/// shown. Publishing a comment and writing it to history are one atomic
+/// step, which is what lets a reconnecting instance recover what it missed.
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes an event to its room. `Ok` means it was handed to the
+    /// backend and every subscribed instance, this one included, will
+    /// deliver it (and, for a comment, that it is in history); `Err` means
+    /// nothing was published. Resolves within [`BusConfig::op_timeout`].
+    fn publish(&self, room: &RoomId, event: RoomEvent) -> BoxFuture<'_, Result<(), BusError>>;
 
-/// A live subscription to one room: each comment published to the room
-/// arrives once, in publish order. Dropping it unsubscribes.
-pub struct Subscription {
-    rx: broadcast::Receiver<Arc<Danmaku>>,
-    /// Dropped with the subscription; tells the bus this interest ended.
-    _guard: Box<dyn Send + Sync>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").finish_non_exhaustive()
-    }
-}
-
-impl Subscription {
-    /// Wraps a receiver and a guard whose drop releases the interest.
-    pub fn new(rx: broadcast::Receiver<Arc<Danmaku>>, guard: Box<dyn Send + Sync>) -> Self {
-        Subscription { rx, _guard: guard }
-    }
-
-    /// The next comment.
-    pub async fn recv(&mut self) -> Result<Arc<Danmaku>, RecvError> {
-        self.rx.recv().await.map_err(|e| match e {
-            broadcast::error::RecvError::Lagged(n) => RecvError::Lagged(n),
-            broadcast::error::RecvError::Closed => RecvError::Closed,
-        })
-    }
-
-    /// The next comment if one is already waiting; `Ok(None)` if none is.
-    pub fn try_recv(&mut self) -> Result<Option<Arc<Danmaku>>, RecvError> {
-        match self.rx.try_recv() {
-            Ok(d) => Ok(Some(d)),
-            Err(broadcast::error::TryRecvError::Empty) => Ok(None),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-            Err(broadcast::error::TryRecvError::Closed) => Err(RecvError::Closed),
-        }
-    }
-}
-
-/// The bus, as the gateway sees it.
-pub trait Bus: Send + Sync + 'static {
-    /// Publishes an accepted comment to its room. `Ok` means it was handed
-    /// to the backend and every subscribed instance, this one included, will
-    /// deliver it; `Err` means nothing was published.
-    fn publish(&self, comment: Arc<Danmaku>) -> BoxFuture<'_, Result<(), BusError>>;
-
-    /// Starts receiving a room's comments. The only delivery path: a
-    /// gateway delivers what its subscription yields, including its own posts.
+    /// Starts receiving a room's events. The only delivery path: a gateway
+    /// delivers what its subscription yields, including its own posts.
+    /// Dropping the subscription ends the interest.
     fn subscribe(&self, room: &RoomId) -> Subscription;
 
-    /// The room's most recent comments, oldest first.
+    /// The room's most recent comments, oldest first. Resolves within
+    /// [`BusConfig::op_timeout`].
     fn recent(&self, room: &RoomId) -> BoxFuture<'_, Result<Vec<Danmaku>, BusError>>;
 
+    /// Removes a comment from the room's history (centrifuge's
+    /// `RemoveHistory`), so late joiners never see it. `Ok(true)` if it was
+    /// there. Viewers already shown it learn of it only through a published
+    /// [`RoomEvent::Delete`]. Resolves within [`BusConfig::op_timeout`].
+    fn remove_history(&self, room: &RoomId, id: &str) -> BoxFuture<'_, Result<bool, BusError>>;
+}
+
+/// Fleet presence: who is up, and how many viewers each room has across the
+/// fleet. Every future resolves within [`BusConfig::op_timeout`].
+pub trait PresenceManager: Send + Sync + 'static {
     /// Records this instance's heartbeat and per-room counts.
     fn report(&self, report: InstanceReport) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Viewers per room summed over live instances, rooms with none left out.
     fn cluster_rooms(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, BusError>>;
 
-    /// The live instances.
-    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, BusError>>;
+    /// The live instances' last heartbeats.
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceStatus>, BusError>>;
 
-    /// Whether posts can be published now.
-    fn readiness(&self) -> Readiness;
-
-    /// Removes this instance from the cluster's view at a clean stop.
+    /// Removes this instance from the fleet's view at a clean stop; failures
+    /// are logged, since nothing can be done about them while stopping.
     fn leave(&self, instance_id: &str) -> BoxFuture<'_, ()>;
 }
+
+/// Node-to-node control (centrifuge's `Controller`): fleet-wide messages
+/// that every instance, the sender included, receives once each. Moderation
+/// state changes travel here.
+pub trait Controller: Send + Sync + 'static {
+    /// Sends a message to every instance. Resolves within
+    /// [`BusConfig::op_timeout`].
+    fn publish_control(&self, msg: ControlMessage) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Starts receiving control messages, from this call on.
+    fn subscribe_control(&self) -> ControlSubscription;
+}
+
+/// Whether the bus can serve now, for `/readyz`.
+pub trait Health: Send + Sync + 'static {
+    /// Whether posts can be published now. Never waits.
+    fn readiness(&self) -> Readiness;
+}
+
+/// Everything a gateway needs from the bus, in one trait object.
+pub trait Bus: Broker + PresenceManager + Controller + Health {}
+
+impl<T: Broker + PresenceManager + Controller + Health + ?Sized> Bus for T {}
 
 /// Milliseconds since the Unix epoch, for timestamps on the wire.
 pub fn now_ms() -> u64 {

@@ -1,17 +1,20 @@
 //! The Redis bus against a real `redis-server` started per test: delivery
-//! in order and only to subscribed rooms, history, subscription lifetime
-//! (batching, linger), presence, and recovery from outages.
+//! in order and only to subscribed rooms, history and its removal, deletes,
+//! the control channel, subscription lifetime (batching, linger), presence,
+//! recovery from outages, the envelope's compatibility (legacy, unknown,
+//! garbage payloads), the operation timeout, and the metrics that count it.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use danmaku_bus::{
-    now_ms, Bus, BusConfig, BusError, InstanceReport, Readiness, RecvError, RedisBus,
-    RedisBusConfig, Subscription,
+    now_ms, Broker, BusConfig, BusError, BusMetrics, ControlMessage, Controller, Health,
+    InstanceReport, PresenceManager, Readiness, RecvError, RedisBus, RedisBusConfig, RoomEvent,
+    Subscription,
 };
-use danmaku_proto::{Danmaku, Mode, RoomId};
-use danmaku_testkit::RedisServer;
+use danmaku_proto::{Danmaku, RoomId};
+use danmaku_testkit::{comment, RedisServer};
 
 /// How long any single expectation may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -30,21 +33,33 @@ fn config() -> RedisBusConfig {
     }
 }
 
+/// A bus on `redis` with the test settings and its own metrics.
+fn bus(redis: &RedisServer) -> RedisBus {
+    bus_with(redis, config()).0
+}
+
+fn bus_with(redis: &RedisServer, config: RedisBusConfig) -> (RedisBus, BusMetrics) {
+    let metrics = BusMetrics::default();
+    let bus = RedisBus::new(&redis.url(), config, metrics.clone()).unwrap();
+    (bus, metrics)
+}
+
+/// Two ready instances on the same Redis, as most fleet tests want.
+async fn two_buses(redis: &RedisServer) -> (RedisBus, RedisBus) {
+    let (a, b) = (bus(redis), bus(redis));
+    ready(&a).await;
+    ready(&b).await;
+    (a, b)
+}
+
 fn room(id: &str) -> RoomId {
     RoomId::parse(id).unwrap()
 }
 
-fn comment(room: &str, id: &str) -> Arc<Danmaku> {
-    Arc::new(Danmaku {
-        id: id.into(),
-        room: room.into(),
-        user: "guest-000001".into(),
-        name: Some("名前".into()),
-        text: format!("弹幕 {id}"),
-        color: "#ffcc00".into(),
-        mode: Mode::Top,
-        ts: now_ms(),
-    })
+/// Publishes a comment to its own room.
+async fn post(bus: &RedisBus, c: Arc<Danmaku>) -> Result<(), BusError> {
+    let r = room(&c.room);
+    bus.publish(&r, RoomEvent::Comment(c)).await
 }
 
 /// Retries `check` until it returns `Some`, or fails after `PATIENCE`.
@@ -71,31 +86,62 @@ async fn subscribed(bus: &RedisBus, id: &str) -> Subscription {
     sub
 }
 
-async fn next_id(sub: &mut Subscription) -> String {
+async fn next_event(sub: &mut Subscription) -> RoomEvent {
     tokio::time::timeout(PATIENCE, sub.recv())
         .await
-        .expect("a comment in time")
-        .expect("a comment")
-        .id
-        .clone()
+        .expect("an event in time")
+        .expect("an event")
+}
+
+async fn next_id(sub: &mut Subscription) -> String {
+    match next_event(sub).await {
+        RoomEvent::Comment(c) => c.id.clone(),
+        other => panic!("not a comment: {other:?}"),
+    }
 }
 
 /// Publishes until it is accepted, for right after a recovery.
 async fn publish_when_ready(bus: &RedisBus, c: Arc<Danmaku>) {
     eventually("a publish is accepted", || {
         let c = c.clone();
-        async move { bus.publish(c).await.ok() }
+        async move { post(bus, c).await.ok() }
     })
     .await
+}
+
+/// Kills the one pub/sub connection subscribed to `subs` channels (the
+/// control channel counts), so only that instance is cut off.
+fn kill_pubsub_with(redis: &RedisServer, subs: usize) {
+    let clients = redis.clients("pubsub").unwrap();
+    let victims: Vec<_> = clients
+        .iter()
+        .filter(|c| c["sub"] == subs.to_string())
+        .collect();
+    assert_eq!(
+        victims.len(),
+        1,
+        "exactly one connection with {subs} channels: {clients:?}"
+    );
+    assert!(redis.kill_client(&victims[0]["id"]).unwrap());
+}
+
+/// The value of one sample in the metrics' text exposition.
+fn metric(metrics: &BusMetrics, sample: &str) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{sample} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn comments_reach_every_subscribed_instance_once_in_order() {
     let redis = RedisServer::start().unwrap();
-    let a = RedisBus::new(&redis.url(), config()).unwrap();
-    let b = RedisBus::new(&redis.url(), config()).unwrap();
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_buses(&redis).await;
     let mut a1 = subscribed(&a, "live").await;
     let mut a2 = subscribed(&a, "live").await;
     let mut b1 = subscribed(&b, "live").await;
@@ -103,9 +149,7 @@ async fn comments_reach_every_subscribed_instance_once_in_order() {
 
     for i in 0..20 {
         let from = if i % 2 == 0 { &a } else { &b };
-        from.publish(comment("live", &format!("c{i}")))
-            .await
-            .unwrap();
+        post(from, comment("live", &format!("c{i}"))).await.unwrap();
     }
     let want: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
     for sub in [&mut a1, &mut a2, &mut b1] {
@@ -116,29 +160,25 @@ async fn comments_reach_every_subscribed_instance_once_in_order() {
         assert_eq!(got, want);
     }
     // Nothing more for the room, nothing at all for the other room.
-    b.publish(comment("other", "o1")).await.unwrap();
+    post(&b, comment("other", "o1")).await.unwrap();
     assert_eq!(next_id(&mut other).await, "o1");
     for sub in [&mut a1, &mut a2, &mut b1, &mut other] {
         assert_eq!(sub.try_recv().unwrap(), None);
     }
     // The payload survives the trip intact.
     let sent = comment("other", "o2");
-    a.publish(sent.clone()).await.unwrap();
-    let got = tokio::time::timeout(PATIENCE, other.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(*got, *sent);
+    post(&a, sent.clone()).await.unwrap();
+    assert_eq!(next_event(&mut other).await, RoomEvent::Comment(sent));
 }
 
 #[tokio::test]
 async fn history_keeps_the_last_comments_oldest_first_and_forgets_old_ones() {
     let redis = RedisServer::start().unwrap();
-    let bus = RedisBus::new(&redis.url(), config()).unwrap();
+    let bus = bus(&redis);
     ready(&bus).await;
     let _sub = subscribed(&bus, "h").await;
     for i in 0..8 {
-        bus.publish(comment("h", &format!("c{i}"))).await.unwrap();
+        post(&bus, comment("h", &format!("c{i}"))).await.unwrap();
     }
     let ids: Vec<String> = bus
         .recent(&room("h"))
@@ -149,7 +189,7 @@ async fn history_keeps_the_last_comments_oldest_first_and_forgets_old_ones() {
         .collect();
     assert_eq!(ids, ["c3", "c4", "c5", "c6", "c7"]);
     // Another instance sees the same history without subscribing.
-    let other = RedisBus::new(&redis.url(), config()).unwrap();
+    let other = crate::bus(&redis);
     ready(&other).await;
     assert_eq!(other.recent(&room("h")).await.unwrap().len(), 5);
     assert!(other.recent(&room("empty")).await.unwrap().is_empty());
@@ -161,7 +201,7 @@ async fn history_keeps_the_last_comments_oldest_first_and_forgets_old_ones() {
     // Entries older than the maximum age are left out.
     let mut old = (*comment("h", "ancient")).clone();
     old.ts = now_ms() - 3_600_000;
-    bus.publish(Arc::new(old)).await.unwrap();
+    post(&bus, Arc::new(old)).await.unwrap();
     let ids: Vec<String> = bus
         .recent(&room("h"))
         .await
@@ -175,7 +215,7 @@ async fn history_keeps_the_last_comments_oldest_first_and_forgets_old_ones() {
 #[tokio::test]
 async fn a_room_is_subscribed_while_served_and_unsubscribed_after_the_linger() {
     let redis = RedisServer::start().unwrap();
-    let bus = RedisBus::new(&redis.url(), config()).unwrap();
+    let bus = bus(&redis);
     ready(&bus).await;
     let numsub = |ch: &str| redis.numsub(&format!("t:room:{ch}")).unwrap();
 
@@ -208,7 +248,7 @@ async fn a_room_is_subscribed_while_served_and_unsubscribed_after_the_linger() {
     let mut back = bus.subscribe(&room("r0"));
     tokio::time::sleep(config().unsubscribe_linger * 3).await;
     assert_eq!(numsub("r0"), 1, "rejoined within the linger");
-    bus.publish(comment("r0", "still-here")).await.unwrap();
+    post(&bus, comment("r0", "still-here")).await.unwrap();
     assert_eq!(next_id(&mut back).await, "still-here");
     drop(back);
     eventually("r0 unsubscribed", || async {
@@ -221,7 +261,7 @@ async fn a_room_is_subscribed_while_served_and_unsubscribed_after_the_linger() {
     drop(first);
     let mut again = subscribed(&bus, "flip").await;
     assert_eq!(numsub("flip"), 1);
-    bus.publish(comment("flip", "f1")).await.unwrap();
+    post(&bus, comment("flip", "f1")).await.unwrap();
     assert_eq!(next_id(&mut again).await, "f1");
 }
 
@@ -229,13 +269,13 @@ async fn a_room_is_subscribed_while_served_and_unsubscribed_after_the_linger() {
 async fn starts_without_redis_and_becomes_ready_when_it_appears() {
     let mut redis = RedisServer::start().unwrap();
     redis.stop();
-    let bus = RedisBus::new(&redis.url(), config()).unwrap();
+    let bus = bus(&redis);
     match bus.readiness() {
         Readiness::NotReady(why) => assert!(why.contains("redis unreachable"), "{why}"),
         Readiness::Ready => panic!("ready without redis"),
     }
     let mut sub = bus.subscribe(&room("early"));
-    match bus.publish(comment("early", "lost")).await {
+    match post(&bus, comment("early", "lost")).await {
         Err(BusError::Unavailable(why)) => assert!(why.contains("redis"), "{why}"),
         other => panic!("publish without redis: {other:?}"),
     }
@@ -246,20 +286,17 @@ async fn starts_without_redis_and_becomes_ready_when_it_appears() {
     ready(&bus).await;
     // The room subscribed before Redis was there is subscribed now.
     assert_eq!(redis.numsub("t:room:early").unwrap(), 1);
-    bus.publish(comment("early", "first")).await.unwrap();
+    post(&bus, comment("early", "first")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "first");
 }
 
 #[tokio::test]
 async fn a_redis_restart_is_survived_with_rooms_resubscribed() {
     let mut redis = RedisServer::start().unwrap();
-    let a = RedisBus::new(&redis.url(), config()).unwrap();
-    let b = RedisBus::new(&redis.url(), config()).unwrap();
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_buses(&redis).await;
     let mut sa = subscribed(&a, "x").await;
     let mut sb = subscribed(&b, "x").await;
-    a.publish(comment("x", "before")).await.unwrap();
+    post(&a, comment("x", "before")).await.unwrap();
     assert_eq!(next_id(&mut sa).await, "before");
     assert_eq!(next_id(&mut sb).await, "before");
 
@@ -269,7 +306,7 @@ async fn a_redis_restart_is_survived_with_rooms_resubscribed() {
     })
     .await;
     assert!(matches!(
-        a.publish(comment("x", "during")).await,
+        post(&a, comment("x", "during")).await,
         Err(BusError::Unavailable(_))
     ));
 
@@ -285,12 +322,23 @@ async fn a_redis_restart_is_survived_with_rooms_resubscribed() {
 }
 
 #[tokio::test]
-async fn a_killed_pubsub_connection_is_noticed_and_replaced() {
+async fn killed_connections_are_noticed_replaced_and_counted() {
     let redis = RedisServer::start().unwrap();
-    let bus = RedisBus::new(&redis.url(), config()).unwrap();
+    let (bus, metrics) = bus_with(&redis, config());
     ready(&bus).await;
+    let reconnects = |conn: &str| {
+        metric(
+            &metrics,
+            &format!("danmaku_bus_reconnects_total{{connection=\"{conn}\"}}"),
+        )
+    };
+    assert_eq!(
+        reconnects("pubsub"),
+        0.0,
+        "the first connection is no reconnect"
+    );
     let mut sub = subscribed(&bus, "k").await;
-    bus.publish(comment("k", "k1")).await.unwrap();
+    post(&bus, comment("k", "k1")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "k1");
 
     let killed: i64 = redis
@@ -305,15 +353,28 @@ async fn a_killed_pubsub_connection_is_noticed_and_replaced() {
     publish_when_ready(&bus, comment("k", "k2")).await;
     assert_eq!(next_id(&mut sub).await, "k2");
     assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(reconnects("pubsub"), 1.0);
+    assert_eq!(reconnects("command"), 0.0);
+
+    // The command connection is the one normal client (the killer skips
+    // itself).
+    let killed: i64 = redis
+        .redis_cli(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    assert_eq!(killed, 1);
+    eventually("the command connection is replaced", || async {
+        (reconnects("command") == 1.0).then_some(())
+    })
+    .await;
+    publish_when_ready(&bus, comment("k", "k3")).await;
+    assert_eq!(next_id(&mut sub).await, "k3");
+    assert_eq!(metric(&metrics, "danmaku_bus_subscribed_rooms"), 1.0);
 }
 
 #[tokio::test]
 async fn presence_sums_live_instances_and_forgets_the_gone() {
     let redis = RedisServer::start().unwrap();
-    let a = RedisBus::new(&redis.url(), config()).unwrap();
-    let b = RedisBus::new(&redis.url(), config()).unwrap();
-    ready(&a).await;
-    ready(&b).await;
+    let (a, b) = two_buses(&redis).await;
     let report = |id: &str, rooms: &[(&str, u64)]| InstanceReport {
         id: id.into(),
         address: format!("{id}:8080"),
@@ -328,18 +389,21 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
     rooms.sort();
     assert_eq!(rooms, [("x".to_string(), 5), ("y".to_string(), 1)]);
     let mut list = b.instances().await.unwrap();
-    list.sort_by(|p, q| p.id.cmp(&q.id));
+    list.sort_by(|p, q| p.report.id.cmp(&q.report.id));
     assert_eq!(list.len(), 2);
+    let first = &list[0].report;
     assert_eq!(
-        (list[0].id.as_str(), list[0].connections, list[0].rooms),
-        ("gw-a", 3, 2)
+        (first.id.as_str(), first.address.as_str()),
+        ("gw-a", "gw-a:8080")
     );
-    assert_eq!(
-        (list[1].id.as_str(), list[1].connections, list[1].rooms),
-        ("gw-b", 3, 1)
-    );
-    assert_eq!(list[0].address, "gw-a:8080");
-    assert!(list[0].uptime_s >= 4);
+    assert_eq!(first.rooms, [("x".to_string(), 2), ("y".to_string(), 1)]);
+    assert!(now_ms() - first.started_ms >= 4_000);
+    assert_eq!(list[1].report.id, "gw-b");
+    assert_eq!(list[1].report.rooms, [("x".to_string(), 3)]);
+    for status in &list {
+        let age = now_ms() - status.last_heartbeat_ms;
+        assert!(age < 5_000, "a fresh heartbeat: {age} ms old");
+    }
 
     // A clean leave is seen at once.
     b.leave("gw-b").await;
@@ -349,7 +413,7 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
         .await
         .unwrap()
         .into_iter()
-        .map(|i| i.id)
+        .map(|i| i.report.id)
         .collect();
     assert_eq!(ids, ["gw-a"]);
 
@@ -377,8 +441,8 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
 #[tokio::test]
 async fn a_lagging_subscriber_skips_the_oldest_and_others_are_not_held_up() {
     let redis = RedisServer::start().unwrap();
-    let bus = RedisBus::new(
-        &redis.url(),
+    let (bus, _) = bus_with(
+        &redis,
         RedisBusConfig {
             bus: BusConfig {
                 room_buffer: 4,
@@ -386,17 +450,14 @@ async fn a_lagging_subscriber_skips_the_oldest_and_others_are_not_held_up() {
             },
             ..config()
         },
-    )
-    .unwrap();
+    );
     ready(&bus).await;
     let mut slow = subscribed(&bus, "busy").await;
     let mut fast = subscribed(&bus, "quiet").await;
     for i in 0..10 {
-        bus.publish(comment("busy", &format!("b{i}")))
-            .await
-            .unwrap();
+        post(&bus, comment("busy", &format!("b{i}"))).await.unwrap();
     }
-    bus.publish(comment("quiet", "q")).await.unwrap();
+    post(&bus, comment("quiet", "q")).await.unwrap();
     assert_eq!(next_id(&mut fast).await, "q");
     // Everything for "busy" went out on the one connection before "q", so
     // the slow room's buffer already overflowed.
@@ -409,11 +470,11 @@ async fn a_lagging_subscriber_skips_the_oldest_and_others_are_not_held_up() {
 #[tokio::test]
 async fn a_malformed_url_is_a_config_error_and_new_never_connects() {
     assert!(matches!(
-        RedisBus::new("not a url", config()),
+        RedisBus::new("not a url", config(), BusMetrics::default()),
         Err(BusError::Config(_))
     ));
     // Nothing listens on port 1: construction still succeeds.
-    let bus = RedisBus::new("redis://127.0.0.1:1/", config()).unwrap();
+    let bus = RedisBus::new("redis://127.0.0.1:1/", config(), BusMetrics::default()).unwrap();
     assert!(matches!(bus.readiness(), Readiness::NotReady(_)));
 }
 
@@ -427,32 +488,30 @@ async fn comments_published_while_the_pubsub_connection_was_down_are_recovered_o
         },
         ..config()
     };
-    let a = RedisBus::new(&redis.url(), config.clone()).unwrap();
-    // `b` serves no room, so its pub/sub connection is not in pub/sub mode
-    // and survives the kill below: it keeps publishing while `a` is cut off.
-    let b = RedisBus::new(&redis.url(), config).unwrap();
+    let (a, metrics) = bus_with(&redis, config.clone());
+    // `b` serves no room, so its pub/sub connection holds only the control
+    // channel and is spared by the kill below: it keeps publishing while
+    // `a` is cut off.
+    let (b, _) = bus_with(&redis, config);
     ready(&a).await;
     ready(&b).await;
     let mut sub = subscribed(&a, "gap").await;
     let mut sent = Vec::new();
     for i in 0..5 {
         let c = comment("gap", &format!("g{i}"));
-        b.publish(c.clone()).await.unwrap();
+        post(&b, c.clone()).await.unwrap();
         sent.push(c.id.clone());
     }
-    let killed: i64 = redis
-        .redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
-    assert_eq!(killed, 1);
+    kill_pubsub_with(&redis, 2);
     for i in 5..40 {
         let c = comment("gap", &format!("g{i}"));
-        b.publish(c.clone()).await.unwrap();
+        post(&b, c.clone()).await.unwrap();
         sent.push(c.id.clone());
     }
     ready(&a).await;
     for i in 40..45 {
         let c = comment("gap", &format!("g{i}"));
-        b.publish(c.clone()).await.unwrap();
+        post(&b, c.clone()).await.unwrap();
         sent.push(c.id.clone());
     }
     let mut got = Vec::new();
@@ -460,8 +519,9 @@ async fn comments_published_while_the_pubsub_connection_was_down_are_recovered_o
         got.push(next_id(&mut sub).await);
     }
     assert_eq!(got, sent, "every comment once, in order");
-    b.publish(comment("gap", "end")).await.unwrap();
+    post(&b, comment("gap", "end")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "end", "and nothing twice");
+    assert_eq!(metric(&metrics, "danmaku_bus_recoveries_total"), 1.0);
 }
 
 /// A single-threaded runtime on its own thread that the test can freeze,
@@ -516,31 +576,28 @@ impl Drop for Freezable {
 async fn beyond_the_history_the_newest_missed_comments_are_recovered_in_order() {
     let redis = RedisServer::start().unwrap();
     let rt_a = Freezable::new();
-    let a = {
+    let (a, metrics) = {
         let _on = rt_a.handle.enter();
-        RedisBus::new(&redis.url(), config()).unwrap()
+        bus_with(&redis, config())
     };
-    let b = RedisBus::new(&redis.url(), config()).unwrap();
+    let b = bus(&redis);
     ready(&a).await;
     ready(&b).await;
     let mut sub = subscribed(&a, "many").await;
-    b.publish(comment("many", "m00")).await.unwrap();
+    post(&b, comment("many", "m00")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "m00");
 
     // `a` is frozen while its pub/sub connection is killed and 29 more
     // comments go by: far more than the history's 5.
     let thaw = rt_a.freeze();
-    let killed: i64 = redis
-        .redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
-    assert_eq!(killed, 1);
+    kill_pubsub_with(&redis, 2);
     for i in 1..30 {
-        b.publish(comment("many", &format!("m{i:02}")))
+        post(&b, comment("many", &format!("m{i:02}")))
             .await
             .unwrap();
     }
     drop(thaw);
-    b.publish(comment("many", "end")).await.unwrap();
+    post(&b, comment("many", "end")).await.unwrap();
 
     // The oldest missed ones left history: the 5 newest are recovered, in
     // order, then live delivery goes on with nothing twice.
@@ -559,8 +616,233 @@ async fn beyond_the_history_the_newest_missed_comments_are_recovered_in_order() 
         (4..=5).contains(&got.len()) && missed.ends_with(&got),
         "the newest missed comments, in order: {got:?}"
     );
-    b.publish(comment("many", "after")).await.unwrap();
+    post(&b, comment("many", "after")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "after");
     assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(metric(&metrics, "danmaku_bus_recoveries_total"), 1.0);
+    assert_eq!(
+        metric(&metrics, "danmaku_bus_recovered_comments_total"),
+        5.0,
+        "history's 5 were replayed"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "danmaku_bus_reconnects_total{connection=\"pubsub\"}"
+        ),
+        1.0
+    );
     drop(a);
+}
+
+/// Publishes raw bytes on a channel, as an instance of another version (or
+/// a broken one) would.
+fn publish_raw(redis: &RedisServer, channel: &str, payload: &[u8]) {
+    let client = danmaku_testkit::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: i64 = danmaku_testkit::redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query(&mut conn)
+        .unwrap();
+}
+
+/// A v1-shaped envelope of any kind and version, built by hand.
+#[derive(serde::Serialize)]
+struct HandMade<'a> {
+    v: u64,
+    kind: &'a str,
+    extra: &'a str,
+}
+
+#[tokio::test]
+async fn unknown_kinds_and_garbage_are_skipped_and_counted_and_legacy_comments_delivered() {
+    let redis = RedisServer::start().unwrap();
+    let (bus, metrics) = bus_with(&redis, config());
+    ready(&bus).await;
+    let mut sub = subscribed(&bus, "mixed").await;
+    let channel = "t:room:mixed";
+    let envelope = |v, kind| {
+        rmp_serde::to_vec_named(&HandMade {
+            v,
+            kind,
+            extra: "from the future",
+        })
+        .unwrap()
+    };
+    // A kind this version does not know, and a newer envelope version
+    // (whose kinds it cannot trust, even a known one).
+    publish_raw(&redis, channel, &envelope(1, "future_thing"));
+    publish_raw(&redis, channel, &envelope(2, "comment"));
+    publish_raw(&redis, channel, b"\xc1 not messagepack");
+    // An instance from before envelopes publishes a bare comment.
+    let legacy = comment("mixed", "legacy");
+    publish_raw(&redis, channel, &rmp_serde::to_vec_named(&*legacy).unwrap());
+    post(&bus, comment("mixed", "current")).await.unwrap();
+
+    assert_eq!(next_event(&mut sub).await, RoomEvent::Comment(legacy));
+    assert_eq!(next_id(&mut sub).await, "current");
+    assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(metric(&metrics, "danmaku_bus_unknown_events_total"), 2.0);
+    assert_eq!(metric(&metrics, "danmaku_bus_invalid_payloads_total"), 1.0);
+}
+
+#[tokio::test]
+async fn history_written_by_an_old_instance_is_read() {
+    let redis = RedisServer::start().unwrap();
+    let bus = bus(&redis);
+    ready(&bus).await;
+    // What an instance from before envelopes left in history.
+    let old = comment("old", "bare");
+    let client = danmaku_testkit::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let _: i64 = danmaku_testkit::redis::cmd("RPUSH")
+        .arg("t:history:old")
+        .arg(rmp_serde::to_vec_named(&*old).unwrap())
+        .query(&mut conn)
+        .unwrap();
+    post(&bus, comment("old", "new")).await.unwrap();
+    let recent = bus.recent(&room("old")).await.unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0], *old);
+    assert_eq!(recent[1].id, "new");
+    // And it can be removed like any other entry.
+    assert!(bus.remove_history(&room("old"), "bare").await.unwrap());
+}
+
+#[tokio::test]
+async fn deletes_reach_every_instance_and_removed_comments_leave_history() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = two_buses(&redis).await;
+    let mut sa = subscribed(&a, "d").await;
+    let mut sb = subscribed(&b, "d").await;
+    for id in ["c1", "c2", "c3"] {
+        post(&a, comment("d", id)).await.unwrap();
+    }
+    assert!(b.remove_history(&room("d"), "c2").await.unwrap());
+    assert!(
+        !a.remove_history(&room("d"), "c2").await.unwrap(),
+        "gone already"
+    );
+    assert!(!a.remove_history(&room("d"), "never").await.unwrap());
+    assert!(!a.remove_history(&room("nothing"), "c1").await.unwrap());
+    let delete = RoomEvent::Delete { id: "c2".into() };
+    b.publish(&room("d"), delete.clone()).await.unwrap();
+    for sub in [&mut sa, &mut sb] {
+        for id in ["c1", "c2", "c3"] {
+            assert_eq!(next_id(sub).await, id);
+        }
+        assert_eq!(next_event(sub).await, delete);
+    }
+    for bus in [&a, &b] {
+        let ids: Vec<String> = bus
+            .recent(&room("d"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(
+            ids,
+            ["c1", "c3"],
+            "late joiners never see c2, nor the delete"
+        );
+    }
+}
+
+#[tokio::test]
+async fn control_messages_reach_every_instance_once_the_sender_included() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = two_buses(&redis).await;
+    let mut ca = a.subscribe_control();
+    let mut cb = b.subscribe_control();
+    assert_eq!(redis.numsub("t:control").unwrap(), 2, "always subscribed");
+    let msg = |n: u8| ControlMessage {
+        origin: "gw-a".into(),
+        kind: "test".into(),
+        body: bytes::Bytes::from(vec![n, 0, 255]),
+    };
+    a.publish_control(msg(1)).await.unwrap();
+    a.publish_control(msg(2)).await.unwrap();
+    for sub in [&mut ca, &mut cb] {
+        for n in [1, 2] {
+            let got = tokio::time::timeout(PATIENCE, sub.recv()).await.unwrap();
+            assert_eq!(got.unwrap(), msg(n), "each once, in order");
+        }
+    }
+
+    // Subscribed again after lost connections.
+    let killed: i64 = redis
+        .redis_cli(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    assert_eq!(killed, 2);
+    eventually("the control channel is back", || async {
+        (redis.numsub("t:control").unwrap() == 2
+            && a.readiness() == Readiness::Ready
+            && b.readiness() == Readiness::Ready)
+            .then_some(())
+    })
+    .await;
+    b.publish_control(msg(3)).await.unwrap();
+    for sub in [&mut ca, &mut cb] {
+        let got = tokio::time::timeout(PATIENCE, sub.recv()).await.unwrap();
+        assert_eq!(got.unwrap(), msg(3));
+        assert_eq!(sub.try_recv().unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn every_operation_resolves_within_op_timeout_when_redis_hangs() {
+    let redis = RedisServer::start().unwrap();
+    let op_timeout = Duration::from_millis(500);
+    let config = RedisBusConfig {
+        bus: BusConfig {
+            op_timeout,
+            ..config().bus
+        },
+        ..config()
+    };
+    let (bus, _) = bus_with(&redis, config);
+    ready(&bus).await;
+    let _sub = subscribed(&bus, "p").await;
+    let _: String = redis
+        .redis_cli(&["CLIENT", "PAUSE", "5000", "ALL"])
+        .unwrap();
+    // The slack is scheduling on a busy test machine, not part of the promise.
+    let bound = op_timeout + Duration::from_millis(500);
+
+    async fn timed<T: std::fmt::Debug>(
+        what: &str,
+        bound: Duration,
+        op: impl Future<Output = Result<T, BusError>>,
+    ) {
+        let started = std::time::Instant::now();
+        let out = op.await;
+        let took = started.elapsed();
+        assert!(
+            matches!(out, Err(BusError::Unavailable(_))),
+            "{what}: {out:?}"
+        );
+        assert!(took <= bound, "{what} took {took:?}");
+    }
+    timed("publish", bound, post(&bus, comment("p", "paused"))).await;
+    timed("recent", bound, bus.recent(&room("p"))).await;
+    timed("recent elsewhere", bound, bus.recent(&room("q"))).await;
+    timed("remove_history", bound, bus.remove_history(&room("p"), "x")).await;
+    let report = InstanceReport {
+        id: "gw".into(),
+        ..InstanceReport::default()
+    };
+    timed("report", bound, bus.report(report)).await;
+    timed("instances", bound, bus.instances()).await;
+    timed("cluster_rooms", bound, bus.cluster_rooms()).await;
+    let control = ControlMessage {
+        origin: "gw".into(),
+        kind: "k".into(),
+        body: bytes::Bytes::new(),
+    };
+    timed("publish_control", bound, bus.publish_control(control)).await;
+    let started = std::time::Instant::now();
+    bus.leave("gw").await;
+    assert!(started.elapsed() <= bound, "leave");
 }

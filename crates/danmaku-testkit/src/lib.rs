@@ -5,11 +5,18 @@
 //!
 //! Blocking on purpose: starting, stopping and querying take milliseconds,
 //! and a synchronous API is usable from sync and async tests alike.
+//!
+//! Also the fixtures several test suites share: [`comment`] and
+//! [`eventually`].
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use danmaku_proto::{Danmaku, Mode};
 
 pub use redis;
 
@@ -152,6 +159,32 @@ impl RedisServer {
         Ok(n)
     }
 
+    /// The connected clients of one type (`"normal"`, `"pubsub"`), each as
+    /// the fields `CLIENT LIST` shows (`id`, `sub`, `name`, ...): to pick
+    /// one instance's connection out of several.
+    pub fn clients(
+        &self,
+        client_type: &str,
+    ) -> Result<Vec<BTreeMap<String, String>>, TestkitError> {
+        let list: String = self.redis_cli(&["CLIENT", "LIST", "TYPE", client_type])?;
+        Ok(list
+            .lines()
+            .map(|line| {
+                line.split(' ')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Kills one client by its `CLIENT LIST` id, as a dropped connection
+    /// would look to it; true if it existed.
+    pub fn kill_client(&self, id: &str) -> Result<bool, TestkitError> {
+        let killed: i64 = self.redis_cli(&["CLIENT", "KILL", "ID", id])?;
+        Ok(killed == 1)
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.join("redis.log")
     }
@@ -228,6 +261,29 @@ fn ping(port: u16) -> bool {
     redis::cmd("PING").query::<String>(&mut conn).is_ok()
 }
 
+/// A valid comment in `room` with id `id`, stamped now, with every field
+/// set (a name with non-ASCII text included), so round trips check them all.
+pub fn comment(room: &str, id: &str) -> Arc<Danmaku> {
+    Arc::new(Danmaku {
+        id: id.into(),
+        room: room.into(),
+        user: "guest-000001".into(),
+        name: Some("名前".into()),
+        text: format!("弹幕 {id}"),
+        color: "#ffcc00".into(),
+        mode: Mode::Top,
+        ts: now_ms(),
+    })
+}
+
+/// Milliseconds since the Unix epoch, as comments are stamped.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Retries `check` every 25 ms until it returns `Some`, and fails the test
 /// if it has not within `patience`: tests wait for a state, never for a
 /// fixed time.
@@ -276,6 +332,34 @@ mod tests {
         let port = server.port();
         drop(server);
         assert!(!ping(port));
+    }
+
+    #[test]
+    fn lists_and_kills_clients() {
+        let server = RedisServer::start().unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg("victim")
+            .query(&mut conn)
+            .unwrap();
+        let clients = server.clients("normal").unwrap();
+        let victim = clients
+            .iter()
+            .find(|c| c.get("name").map(String::as_str) == Some("victim"))
+            .expect("the named client is listed");
+        assert!(server.kill_client(&victim["id"]).unwrap());
+        assert!(!server.kill_client(&victim["id"]).unwrap_or(false));
+        assert!(redis::cmd("PING").query::<String>(&mut conn).is_err());
+    }
+
+    #[test]
+    fn a_comment_fixture_is_complete_and_fresh() {
+        let c = comment("room", "c1");
+        assert_eq!((c.room.as_str(), c.id.as_str()), ("room", "c1"));
+        assert!(c.name.is_some());
+        assert!(now_ms() - c.ts < 60_000);
     }
 
     #[test]

@@ -1,0 +1,83 @@
+//! Names of the Redis keys and channels the bus uses, all under one prefix
+//! so deployments can share a Redis. The only place a name is spelled out.
+//!
+//! | name                  | type    | what                                             |
+//! |-----------------------|---------|--------------------------------------------------|
+//! | `{p}room:{room}`      | channel | each room event, in an envelope (`envelope.rs`)  |
+//! | `{p}history:{room}`   | list    | the comment envelopes, newest last, capped, expiring |
+//! | `{p}control`          | channel | fleet-wide control messages                      |
+//! | `{p}instance:{id}`    | hash    | an instance's last heartbeat, expiring after TTL |
+//! | `{p}instances`        | zset    | instance ids scored by last heartbeat (ms)       |
+
+/// Names of keys and channels under the prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A room's pub/sub channel.
+    pub(crate) fn channel(&self, room: &str) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// The room a channel belongs to, if it is a room channel.
+    pub(crate) fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(&self.prefix)?.strip_prefix("room:")
+    }
+
+    /// A room's history list.
+    pub(crate) fn history(&self, room: &str) -> String {
+        format!("{}history:{room}", self.prefix)
+    }
+
+    /// The fleet-wide control channel.
+    pub(crate) fn control(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
+    /// Whether `channel` is the control channel.
+    pub(crate) fn is_control(&self, channel: &str) -> bool {
+        channel.strip_prefix(&self.prefix) == Some("control")
+    }
+
+    /// An instance's heartbeat hash.
+    pub(crate) fn instance(&self, id: &str) -> String {
+        format!("{}instance:{id}", self.prefix)
+    }
+
+    /// The index of instances by last heartbeat.
+    pub(crate) fn instances(&self) -> String {
+        format!("{}instances", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_under_the_prefix_and_room_channels_map_back() {
+        let keys = Keys::new("t:");
+        assert_eq!(keys.channel("a"), "t:room:a");
+        assert_eq!(keys.room_of("t:room:a"), Some("a"));
+        assert_eq!(keys.room_of("t:control"), None);
+        assert_eq!(keys.room_of("u:room:a"), None);
+        assert_eq!(keys.history("a"), "t:history:a");
+        assert_eq!(keys.control(), "t:control");
+        assert!(keys.is_control("t:control"));
+        assert!(!keys.is_control("t:room:control"));
+        assert_eq!(keys.instance("gw"), "t:instance:gw");
+        assert_eq!(keys.instances(), "t:instances");
+    }
+}
