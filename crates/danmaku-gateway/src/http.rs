@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use danmaku_bus::Readiness;
 use danmaku_proto::{validate_nick, Format, Role, RoomId};
 use serde::Deserialize;

@@ -32,9 +32,7 @@ use danmaku_proto::{Limits, MAX_NONCE_BYTES};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use crate::api::{
-    InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse,
-};
+pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
 pub use crate::config::Settings;
 
 use crate::config::{ms, ConnConfig};
@@ -255,7 +253,11 @@ pub async fn run(
         bus.clone(),
         stop_rx.clone(),
     ));
-    tokio::spawn(run_pulses(pulse_txs, ms(settings.ping_interval_ms), stop_rx));
+    tokio::spawn(run_pulses(
+        pulse_txs,
+        ms(settings.ping_interval_ms),
+        stop_rx,
+    ));
 
     tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
     let app =

@@ -56,11 +56,21 @@ type Shard = Mutex<HashMap<String, Arc<Room>>>;
 pub(crate) struct Rooms {
     shards: Box<[Shard]>,
     hasher: RandomState,
-    bus: Arc<dyn Bus>,
+    bus: Arc<dyn Broker>,
     config: FanoutConfig,
     presence: Arc<Presence>,
-    /// Fan-out counters.
-    pub stats: Arc<FanoutStats>,
+    /// Fan-out counters, shared with every room task.
+    metrics: FanoutMetrics,
+    /// Rooms with a local viewer.
+    rooms_gauge: Gauge,
+}
+
+/// What decides which bytes a viewer receives: every viewer of the same
+/// variant gets clones of the same frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Variant {
+    /// The negotiated wire format.
+    pub(crate) format: Format,
 }
 
 /// One room with at least one local viewer.
@@ -231,7 +241,10 @@ impl<F: FnMut(Variant) -> Vec<Frame>> Prepared<F> {
     }
 
     fn get(&mut self, variant: Variant) -> &[Frame] {
-        let hit = self.built.get(self.last).is_some_and(|(v, _)| *v == variant);
+        let hit = self
+            .built
+            .get(self.last)
+            .is_some_and(|(v, _)| *v == variant);
         if !hit {
             self.last = match self.built.iter().position(|(v, _)| *v == variant) {
                 Some(i) => i,

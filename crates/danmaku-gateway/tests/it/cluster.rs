@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use danmaku_bus::{Broker, BusMetrics, RedisBus, RedisBusConfig, RoomEvent};
+use danmaku_bus::{Broker, BusMetrics, Health, RedisBus, RedisBusConfig, RoomEvent};
 use danmaku_gateway::{RoomsResponse, Settings};
 use danmaku_proto::{Danmaku, RejectCode, RoomId, ServerEvent, SUBPROTOCOL_MSGPACK};
 use danmaku_testkit::RedisServer;
@@ -598,7 +598,7 @@ async fn a_recall_reaches_every_instance_after_its_comment_and_leaves_history() 
         .unwrap();
     for t in [&mut pa, &mut vb] {
         t.until(|t| !t.deleted.is_empty()).await;
-        assert_eq!(t.deleted, [gone.clone()]);
+        assert_eq!(t.deleted, std::slice::from_ref(&gone));
         // The recall came after the comment it removes.
         assert!(t.ids().contains(&gone));
     }

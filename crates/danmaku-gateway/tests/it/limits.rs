@@ -16,7 +16,7 @@ fn reject_code(event: ServerEvent) -> (RejectCode, Option<String>, Option<u64>) 
             nonce,
             retry_after_ms,
             ..
-        } => (code, nonce, retry_after_ms),
+        } => (code, nonce.map(|n| n.as_str().to_owned()), retry_after_ms),
         other => panic!("expected a reject, got {other:?}"),
     }
 }

@@ -54,7 +54,10 @@ async fn metrics_and_stats_count_posts_rejects_and_connections_from_one_registry
         sample(&text, "danmaku_posts_rejected_total{code=\"rate_limited\"}"),
         Some(0.0)
     );
-    assert_eq!(sample(&text, "danmaku_comments_fanned_out_total"), Some(1.0));
+    assert_eq!(
+        sample(&text, "danmaku_comments_fanned_out_total"),
+        Some(1.0)
+    );
     assert!(sample(&text, "danmaku_frames_pushed_total").unwrap() >= 2.0);
     // The bus's counters are in the same registry.
     assert!(text.contains("danmaku_bus_"), "{text}");
