@@ -243,7 +243,11 @@ impl Ping {
 }
 
 /// Everything a client may send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized like the server events, as a map tagged by `type`. Its
+/// `Deserialize` is written by hand (in `client_de.rs`) rather than derived,
+/// because the derived one accepts more than the protocol allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {
     /// Publish a comment.

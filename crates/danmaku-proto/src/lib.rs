@@ -7,6 +7,7 @@
 //! can be fuzzed in isolation. `proto/PROTOCOL.md` is the document for
 //! third-party clients; this crate is its executable form.
 
+mod client_de;
 mod codec;
 mod event;
 mod validate;
