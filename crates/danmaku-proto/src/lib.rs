@@ -20,6 +20,6 @@ pub use event::{
     ClientEvent, Danmaku, ErrorCode, Hello, Limits, Mode, Ping, Post, RejectCode, ServerEvent,
 };
 pub use validate::{
-    validate_color, validate_nick, InvalidNick, InvalidRoomId, Nonce, NonceTooLong, Role, RoomId,
-    DEFAULT_COLOR, MAX_NICK_CHARS, MAX_NONCE_BYTES, MAX_ROOM_ID_LEN,
+    validate_color, validate_nick, validate_text, InvalidNick, InvalidRoomId, InvalidText, Nonce,
+    NonceTooLong, Role, RoomId, DEFAULT_COLOR, MAX_NICK_CHARS, MAX_NONCE_BYTES, MAX_ROOM_ID_LEN,
 };
