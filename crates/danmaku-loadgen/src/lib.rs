@@ -20,6 +20,34 @@ mod stats;
 mod sys;
 mod ws;
 
+/// Entry points for the coverage-guided fuzzer in `fuzz/`: not an API, and
+/// free to change with the parsers they reach.
+#[doc(hidden)]
+pub mod fuzz {
+    use danmaku_proto::Format;
+
+    use crate::scan::{classify, Scanner};
+    use crate::ws::{parse_stream, Incoming, MAX_MESSAGE};
+
+    /// Feeds `data` to the WebSocket frame parser in reads of `chunk` bytes,
+    /// and every message it yields to the frame scanner; returns how many
+    /// messages there were. Any panic is a bug in one of the two.
+    pub fn frames(data: &[u8], chunk: usize) -> usize {
+        let scanner = Scanner::new();
+        let mut messages = 0;
+        parse_stream(data, chunk, |message| {
+            if let Incoming::Data { text, payload } = message {
+                assert!(payload.len() <= MAX_MESSAGE, "message over the limit");
+                messages += 1;
+                let format = if text { Format::Json } else { Format::MsgPack };
+                let _ = classify(format, payload);
+                scanner.scan(format, payload, |_| {});
+            }
+        });
+        messages
+    }
+}
+
 use std::collections::BTreeMap;
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;

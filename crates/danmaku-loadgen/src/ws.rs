@@ -32,7 +32,7 @@ pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xa;
 
 /// Largest message accepted from the server.
-const MAX_MESSAGE: usize = 16 << 20;
+pub(crate) const MAX_MESSAGE: usize = 16 << 20;
 /// Largest handshake response accepted.
 const MAX_RESPONSE_HEAD: usize = 16 << 10;
 /// Free space kept in the read buffer before each read.
@@ -285,6 +285,20 @@ impl Codec {
             }
         }
         Ok(false)
+    }
+}
+
+/// Runs the frame parser on `data` as a socket would hand it over, in reads
+/// of `chunk` bytes (at least one), draining after each, until the data
+/// ends, the parser fails or the server closes. Only for [`crate::fuzz`], so
+/// split headers and split payloads are exercised as on a real socket.
+pub(crate) fn parse_stream(data: &[u8], chunk: usize, mut on_message: impl FnMut(Incoming<'_>)) {
+    let mut codec = Codec::new(1, BytesMut::new());
+    for piece in data.chunks(chunk.max(1)) {
+        codec.buf.extend_from_slice(piece);
+        if !matches!(codec.drain(&mut on_message), Ok(false)) {
+            return;
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Every post passes through [`Moderator::check`] before it reaches the bus.
 //! The pipeline is a list of small steps run in order: validation (text,
-//! colour, mode), then a per-connection rate limit. Blocked words, mutes,
+//! with [`danmaku_proto::validate_text`], colour, mode), then a per-connection rate limit. Blocked words, mutes,
 //! room modes and cluster-wide limits are later steps of the same list; each
 //! sees the [`PostContext`] (room, user, role, time) so it can be written and
 //! tested as a pure function. Nonces are not checked here: the gateway checks
@@ -15,7 +15,9 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use danmaku_proto::{validate_color, Mode, Post, RejectCode, Role, RoomId, DEFAULT_COLOR};
+use danmaku_proto::{
+    validate_color, validate_text, InvalidText, Mode, Post, RejectCode, Role, RoomId, DEFAULT_COLOR,
+};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -74,7 +76,7 @@ pub struct PostContext<'a, I> {
 /// A post that passed every check, normalised for publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
-    /// The text, trimmed.
+    /// The text, trimmed, each run of line breaks made one space.
     pub text: String,
     /// `#rrggbb`, lower case.
     pub color: String,
@@ -209,12 +211,17 @@ impl<C: Clock + Clone> Moderator<C> {
         })
     }
 
-    /// The text, trimmed: not empty and not too long.
+    /// The text, cleaned by the protocol's one text rule (trimmed, line
+    /// breaks made spaces, nothing that hides or reorders its neighbours,
+    /// something visible), then not too long.
     fn text(&self, post: &Post) -> Result<String, Refusal> {
-        let text = post.text.trim();
-        if text.is_empty() {
-            return Err(Refusal::new(RejectCode::Empty, "text is empty"));
-        }
+        let text = validate_text(&post.text).map_err(|e| {
+            let code = match e {
+                InvalidText::Empty => RejectCode::Empty,
+                InvalidText::BadChar => RejectCode::InvalidText,
+            };
+            Refusal::new(code, e.to_string())
+        })?;
         // Count at most max+1 chars: enough to know, without walking a huge text.
         let max = self.policy.max_text_chars as usize;
         if text.chars().take(max + 1).count() > max {
@@ -223,7 +230,7 @@ impl<C: Clock + Clone> Moderator<C> {
                 format!("text is longer than {max} characters"),
             ));
         }
-        Ok(text.to_owned())
+        Ok(text)
     }
 }
 
@@ -359,6 +366,58 @@ mod tests {
             check(&m, &mut c, &bad_mode).unwrap_err().code,
             RejectCode::BadRequest
         );
+    }
+
+    #[test]
+    fn text_that_could_hide_or_reorder_its_neighbours_is_refused() {
+        let (m, _) = moderator();
+        let mut c = m.conn_state();
+        for bad in [
+            "abc\u{202E}txt.exe",
+            "\u{202D}x",
+            "x\u{2066}y\u{2069}",
+            "a\u{0}b",
+            "a\u{1B}[2Jb",
+            "a\u{9B}b",
+        ] {
+            let refusal = check(&m, &mut c, &post(bad)).unwrap_err();
+            assert_eq!(refusal.code, RejectCode::InvalidText, "{bad:?}");
+            assert_eq!(RejectCode::InvalidText.as_str(), "invalid_text");
+        }
+        for blank in [
+            "\u{200B}",
+            "\u{200B}\u{200D}\u{FEFF}",
+            "\u{200F}",
+            "\u{3164}",
+        ] {
+            let refusal = check(&m, &mut c, &post(blank)).unwrap_err();
+            assert_eq!(refusal.code, RejectCode::Empty, "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn text_line_breaks_become_spaces_and_legitimate_text_passes() {
+        let (m, clock) = moderator();
+        let mut c = m.conn_state();
+        let text =
+            |m: &Moderator<_>, c: &mut ConnState<_>, t: &str| check(m, c, &post(t)).map(|a| a.text);
+        assert_eq!(
+            text(&m, &mut c, "  one\r\ntwo\tthree \n").unwrap(),
+            "one two three"
+        );
+        for good in [
+            "👨\u{200D}👩\u{200D}👧",
+            "שלום \u{200F}123",
+            "弹幕 e\u{301}",
+        ] {
+            clock.advance(Duration::from_secs(10));
+            assert_eq!(text(&m, &mut c, good).as_deref(), Ok(good));
+        }
+        // The length limit counts the cleaned text: 50 letters joined by CRLF
+        // pairs are 148 characters as sent, 99 once each pair is one space.
+        clock.advance(Duration::from_secs(10));
+        let long = vec!["a"; 50].join("\r\n");
+        assert_eq!(text(&m, &mut c, &long).unwrap().chars().count(), 99);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! every socket. A `batch` frame is built by splicing already-encoded items
 //! into an envelope, so batching never re-encodes an event.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{ClientEvent, Danmaku, ServerEvent};
 
@@ -91,6 +91,10 @@ pub enum DecodeError {
     /// Not valid MessagePack, or not a known event, or wrong field types.
     #[error("invalid msgpack event: {0}")]
     MsgPack(#[from] rmp_serde::decode::Error),
+    /// Bytes left after the first MessagePack value: a frame holds exactly
+    /// one event, and a second one would otherwise be dropped unseen.
+    #[error("invalid msgpack event: {0} bytes after the event")]
+    TrailingBytes(usize),
 }
 
 /// Encodes one server event.
@@ -178,11 +182,24 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Decodes one client frame's payload.
+/// Decodes one client frame's payload: exactly one event, read strictly
+/// (PROTOCOL.md §4.5). A map of the wrong shape, a MessagePack array or
+/// `bin` in place of a map or string, or anything after the event is an
+/// error; unknown fields are ignored and `null`/`nil` reads as absent.
 pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientEvent, DecodeError> {
     match format {
+        // `from_slice` already refuses anything but whitespace after the value.
         Format::Json => Ok(serde_json::from_slice(bytes)?),
-        Format::MsgPack => Ok(rmp_serde::from_slice(bytes)?),
+        Format::MsgPack => {
+            // A plain `&[u8]` reader, not `from_slice`, so what is left
+            // after the event can be seen: the slice shrinks as it is read.
+            let mut de = rmp_serde::Deserializer::new(bytes);
+            let event = ClientEvent::deserialize(&mut de)?;
+            match de.get_ref().len() {
+                0 => Ok(event),
+                left => Err(DecodeError::TrailingBytes(left)),
+            }
+        }
     }
 }
 
@@ -340,6 +357,210 @@ mod tests {
         // A server event echoing an over-long nonce is not a valid event.
         let echo = format!(r#"{{"type":"pong","nonce":"{long}"}}"#);
         assert!(decode_server(Format::Json, echo.as_bytes()).is_err());
+    }
+
+    /// A MessagePack value for hand-built frames: what no serializer of
+    /// ours would write, but a stranger may.
+    enum Mp<'a> {
+        Str(&'a str),
+        Bin(&'a [u8]),
+        Nil,
+        Int(u8),
+    }
+
+    /// Appends one [`Mp`] value.
+    fn mp_value(out: &mut Vec<u8>, v: &Mp<'_>) {
+        match v {
+            Mp::Str(s) => push_str(out, s),
+            Mp::Bin(b) => {
+                out.extend_from_slice(&[0xc4, b.len() as u8]);
+                out.extend_from_slice(b);
+            }
+            Mp::Nil => out.push(0xc0),
+            Mp::Int(i) => out.push(i & 0x7f),
+        }
+    }
+
+    /// A MessagePack map of (key, value) pairs, keys in order.
+    fn mp_map(pairs: &[(Mp<'_>, Mp<'_>)]) -> Vec<u8> {
+        let mut out = vec![0x80 | pairs.len() as u8];
+        for (k, v) in pairs {
+            mp_value(&mut out, k);
+            mp_value(&mut out, v);
+        }
+        out
+    }
+
+    fn ping(nonce: Option<&str>) -> ClientEvent {
+        ClientEvent::Ping(Ping {
+            nonce: nonce.map(Into::into),
+        })
+    }
+
+    #[test]
+    fn a_frame_holds_exactly_one_event() {
+        // JSON: only whitespace may follow the object.
+        for bad in [
+            &br#"{"type":"ping"}{"type":"ping"}"#[..],
+            br#"{"type":"ping"}
+{"type":"ping"}"#,
+            br#"{"type":"ping"} x"#,
+            br#"{"type":"ping"}]"#,
+            br#"{"type":"ping"}null"#,
+        ] {
+            assert!(decode_client(Format::Json, bad).is_err(), "{bad:?}");
+        }
+        let spaced = b" {\"type\":\"ping\"} \r\n\t";
+        assert_eq!(decode_client(Format::Json, spaced).unwrap(), ping(None));
+        // MessagePack: nothing at all may follow the map.
+        let one = mp_map(&[(Mp::Str("type"), Mp::Str("ping"))]);
+        assert_eq!(decode_client(Format::MsgPack, &one).unwrap(), ping(None));
+        for tail in [&one[..], &[0x00], &[0xc0], &[0x80], &[0xc1]] {
+            let two = [&one[..], tail].concat();
+            let err = decode_client(Format::MsgPack, &two).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::TrailingBytes(n) if n == tail.len()),
+                "{tail:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn positional_arrays_are_not_events() {
+        let post = ClientEvent::Post(Post {
+            text: "hi".into(),
+            color: Some("#ff0000".into()),
+            mode: Some("top".into()),
+            nonce: Some("1".into()),
+        });
+        for event in [post, ping(Some("n")), ping(None)] {
+            // rmp-serde's default (`to_vec`) writes structs as arrays.
+            let positional = rmp_serde::to_vec(&event).unwrap();
+            assert_eq!(positional[0] & 0xf0, 0x90, "an array");
+            assert!(decode_client(Format::MsgPack, &positional).is_err());
+        }
+        for bad in [
+            &br#"["ping"]"#[..],
+            br#"["ping","n"]"#,
+            br#"["post","hi"]"#,
+            br#"["post","hi",null,null,"1"]"#,
+        ] {
+            assert!(decode_client(Format::Json, bad).is_err(), "{bad:?}");
+        }
+        // A non-map at the top level, in MessagePack: nil, a string, an int.
+        for bad in [&[0xc0][..], &[0xa4, b'p', b'i', b'n', b'g'], &[0x01]] {
+            assert!(decode_client(Format::MsgPack, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn msgpack_bin_is_not_a_string() {
+        let t = Mp::Str("type");
+        let post = || {
+            vec![
+                (Mp::Str("type"), Mp::Str("post")),
+                (Mp::Str("text"), Mp::Str("hi")),
+            ]
+        };
+        assert!(decode_client(Format::MsgPack, &mp_map(&post())).is_ok());
+        let mut cases = vec![
+            mp_map(&[(t, Mp::Bin(b"ping"))]),
+            mp_map(&[
+                (Mp::Str("type"), Mp::Bin(b"post")),
+                (Mp::Str("text"), Mp::Str("hi")),
+            ]),
+            mp_map(&[
+                (Mp::Str("type"), Mp::Str("ping")),
+                (Mp::Str("nonce"), Mp::Bin(b"n")),
+            ]),
+            // A key must be a str as well.
+            mp_map(&[(Mp::Bin(b"type"), Mp::Str("ping"))]),
+        ];
+        for field in ["text", "color", "mode", "nonce"] {
+            let mut pairs = post();
+            pairs.retain(|(k, _)| !matches!(k, Mp::Str(s) if *s == field));
+            pairs.push((Mp::Str(field), Mp::Bin(b"x")));
+            cases.push(mp_map(&pairs));
+        }
+        for bad in cases {
+            assert!(decode_client(Format::MsgPack, &bad).is_err(), "{bad:x?}");
+        }
+        // A str that is not UTF-8 is refused too, not read as bytes.
+        let bad_utf8 = [0x81, 0xa4, b't', b'y', b'p', b'e', 0xa2, 0xff, 0xfe];
+        assert!(decode_client(Format::MsgPack, &bad_utf8).is_err());
+    }
+
+    #[test]
+    fn null_optional_fields_read_as_absent_in_both_formats() {
+        let bare = ClientEvent::Post(Post {
+            text: "hi".into(),
+            color: None,
+            mode: None,
+            nonce: None,
+        });
+        let json = br#"{"type":"post","text":"hi","color":null,"mode":null,"nonce":null}"#;
+        assert_eq!(decode_client(Format::Json, json).unwrap(), bare);
+        let mp = mp_map(&[
+            (Mp::Str("type"), Mp::Str("post")),
+            (Mp::Str("text"), Mp::Str("hi")),
+            (Mp::Str("color"), Mp::Nil),
+            (Mp::Str("mode"), Mp::Nil),
+            (Mp::Str("nonce"), Mp::Nil),
+        ]);
+        assert_eq!(decode_client(Format::MsgPack, &mp).unwrap(), bare);
+        let json = br#"{"type":"ping","nonce":null}"#;
+        assert_eq!(decode_client(Format::Json, json).unwrap(), ping(None));
+        let mp = mp_map(&[
+            (Mp::Str("type"), Mp::Str("ping")),
+            (Mp::Str("nonce"), Mp::Nil),
+        ]);
+        assert_eq!(decode_client(Format::MsgPack, &mp).unwrap(), ping(None));
+        // Required fields may not be null.
+        for bad in [&br#"{"type":null}"#[..], br#"{"type":"post","text":null}"#] {
+            assert!(decode_client(Format::Json, bad).is_err(), "{bad:?}");
+        }
+        let mp = mp_map(&[
+            (Mp::Str("type"), Mp::Str("post")),
+            (Mp::Str("text"), Mp::Nil),
+        ]);
+        assert!(decode_client(Format::MsgPack, &mp).is_err());
+    }
+
+    #[test]
+    fn open_maps_still_decode_as_before() {
+        // Unknown fields of any shape are skipped, `type` may come last, and
+        // a field that means nothing for the type is ignored whatever it holds.
+        let json =
+            br#"{"x":[1,{"y":null}],"nonce":"n","text":5,"z":{"type":"post"},"type":"ping"}"#;
+        assert_eq!(decode_client(Format::Json, json).unwrap(), ping(Some("n")));
+        let mut mp = mp_map(&[
+            (Mp::Str("extra"), Mp::Bin(b"\x00\x01")),
+            (Mp::Str("text"), Mp::Int(5)),
+            (Mp::Str("nonce"), Mp::Str("n")),
+            (Mp::Str("type"), Mp::Str("ping")),
+        ]);
+        // A fifth pair whose value is an array holding a map and an ext.
+        mp[0] += 1;
+        push_str(&mut mp, "deep");
+        mp.extend_from_slice(&[0x92, 0x81, 0xa1, b'k', 0xc0, 0xd4, 0x01, 0x02]);
+        assert_eq!(
+            decode_client(Format::MsgPack, &mp).unwrap(),
+            ping(Some("n"))
+        );
+        // Wrong types in the fields a post needs are still errors.
+        for bad in [
+            &br#"{"type":"post","text":"hi","color":5}"#[..],
+            br#"{"type":"post","text":"hi","mode":["top"]}"#,
+            br#"{"type":"post","text":"hi","nonce":{}}"#,
+            br#"{"type":"ping","nonce":1}"#,
+            br#"{"type":"post","text":"a","text":"b"}"#,
+            br#"{"type":"ping","type":"ping"}"#,
+        ] {
+            assert!(decode_client(Format::Json, bad).is_err(), "{bad:?}");
+        }
+        // MessagePack keys are strings (§4.2): an integer key is refused.
+        let int_key = mp_map(&[(Mp::Str("type"), Mp::Str("ping")), (Mp::Int(1), Mp::Nil)]);
+        assert!(decode_client(Format::MsgPack, &int_key).is_err());
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub struct Hello {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectCode {
-    /// The text is empty after trimming.
+    /// The text is empty after trimming, or nothing in it is visible.
     Empty,
     /// The text is longer than `limits.max_text_chars`.
     TooLong,
@@ -108,6 +108,9 @@ pub enum RejectCode {
     RateLimited,
     /// The bus cannot take the post right now; nothing was published.
     Unavailable,
+    /// The text holds a control character or a bidirectional embedding,
+    /// override or isolate, which could hide or reorder what is around it.
+    InvalidText,
 }
 
 impl RejectCode {
@@ -119,6 +122,7 @@ impl RejectCode {
             RejectCode::BadRequest => "bad_request",
             RejectCode::RateLimited => "rate_limited",
             RejectCode::Unavailable => "unavailable",
+            RejectCode::InvalidText => "invalid_text",
         }
     }
 }
@@ -243,7 +247,11 @@ impl Ping {
 }
 
 /// Everything a client may send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialized like the server events, as a map tagged by `type`. Its
+/// `Deserialize` is written by hand (in `client_de.rs`) rather than derived,
+/// because the derived one accepts more than the protocol allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {
     /// Publish a comment.

@@ -7,6 +7,7 @@
 //! can be fuzzed in isolation. `proto/PROTOCOL.md` is the document for
 //! third-party clients; this crate is its executable form.
 
+mod client_de;
 mod codec;
 mod event;
 mod validate;
@@ -19,6 +20,6 @@ pub use event::{
     ClientEvent, Danmaku, ErrorCode, Hello, Limits, Mode, Ping, Post, RejectCode, ServerEvent,
 };
 pub use validate::{
-    validate_color, validate_nick, InvalidNick, InvalidRoomId, Nonce, NonceTooLong, Role, RoomId,
-    DEFAULT_COLOR, MAX_NICK_CHARS, MAX_NONCE_BYTES, MAX_ROOM_ID_LEN,
+    validate_color, validate_nick, validate_text, InvalidNick, InvalidRoomId, InvalidText, Nonce,
+    NonceTooLong, Role, RoomId, DEFAULT_COLOR, MAX_NICK_CHARS, MAX_NONCE_BYTES, MAX_ROOM_ID_LEN,
 };

@@ -143,7 +143,7 @@ impl Role {
 /// Why a nickname was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidNick {
-    /// Empty after trimming.
+    /// Empty after trimming, or nothing in it has a glyph.
     #[error("nick is empty")]
     Empty,
     /// More than 24 characters.
@@ -154,8 +154,13 @@ pub enum InvalidNick {
     BadChar,
 }
 
-/// Checks a nickname (1–24 Unicode scalar values after trimming, no control
-/// characters) and returns it trimmed.
+/// Checks a nickname (1–24 Unicode scalar values after trimming, at least one
+/// visible, no control, line-break, bidirectional or zero-width characters)
+/// and returns it trimmed.
+///
+/// Stricter than [`validate_text`]: a name stands for a person, so even the
+/// characters a comment may legitimately use (direction marks, the
+/// zero-width joiner of 👩‍💻) are refused, as they let one name pass for another.
 pub fn validate_nick(nick: &str) -> Result<String, InvalidNick> {
     let nick = nick.trim();
     if nick.is_empty() {
@@ -164,19 +169,144 @@ pub fn validate_nick(nick: &str) -> Result<String, InvalidNick> {
     if nick.chars().count() > MAX_NICK_CHARS {
         return Err(InvalidNick::TooLong);
     }
-    if nick
-        .chars()
-        .any(|c| c.is_control() || is_invisible_format(c))
-    {
-        return Err(InvalidNick::BadChar);
+    let mut visible = false;
+    for c in nick.chars() {
+        match classify(c) {
+            CharClass::Visible => visible = true,
+            CharClass::Space | CharClass::Blank => {}
+            CharClass::Break
+            | CharClass::Control
+            | CharClass::BidiControl
+            | CharClass::BidiMark
+            | CharClass::ZeroWidth => return Err(InvalidNick::BadChar),
+        }
+    }
+    if !visible {
+        return Err(InvalidNick::Empty);
     }
     Ok(nick.to_owned())
 }
 
-/// Bidirectional overrides and zero-width characters, which let a name
-/// impersonate another or reorder the text around it.
-fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+/// Why a comment's text was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidText {
+    /// Empty after trimming, or nothing in it has a glyph (only spaces,
+    /// zero-width, format or direction-mark characters).
+    #[error("text is empty")]
+    Empty,
+    /// A control character, or a bidirectional embedding, override or
+    /// isolate: characters that can hide or reverse what is shown next to it.
+    #[error("text may not contain control or bidirectional-override characters")]
+    BadChar,
+}
+
+/// Checks a comment's text and returns it cleaned: trimmed, and each run of
+/// line breaks and tabs replaced by one space (a comment is drawn on one
+/// line). The length limit is the caller's, counted on what this returns.
+///
+/// Refused: C0 and C1 control characters other than those breaks, and
+/// bidirectional embeddings, overrides and isolates (U+202A–U+202E,
+/// U+2066–U+2069), which reorder or hide neighbouring text on screen. Kept:
+/// direction marks (LRM, RLM, ALM), zero-width joiners and non-joiners,
+/// variation selectors and tags, which right-to-left scripts, Persian and
+/// emoji sequences such as 👨‍👩‍👧 need; but a text of nothing else is empty.
+pub fn validate_text(text: &str) -> Result<String, InvalidText> {
+    let text = text.trim();
+    let mut visible = false;
+    let mut breaks = false;
+    for c in text.chars() {
+        match classify(c) {
+            CharClass::Visible => visible = true,
+            CharClass::Break => breaks = true,
+            CharClass::Control | CharClass::BidiControl => return Err(InvalidText::BadChar),
+            CharClass::Space | CharClass::BidiMark | CharClass::ZeroWidth | CharClass::Blank => {}
+        }
+    }
+    if !visible {
+        return Err(InvalidText::Empty);
+    }
+    if !breaks {
+        return Ok(text.to_owned());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_break = false;
+    for c in text.chars() {
+        if classify(c) == CharClass::Break {
+            if !in_break {
+                out.push(' ');
+            }
+            in_break = true;
+        } else {
+            out.push(c);
+            in_break = false;
+        }
+    }
+    Ok(out)
+}
+
+/// What a character does on screen. The one table behind both the nickname
+/// and the text rules, so they cannot drift apart; each rule decides what
+/// to do with each class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CharClass {
+    /// Has a glyph: letters, digits, punctuation, symbols, emoji, combining
+    /// marks; anything not named below.
+    Visible,
+    /// White space that does not break a line (U+0020, U+00A0, U+3000…).
+    Space,
+    /// Tab and line breaks: TAB, LF, VT, FF, CR, NEL, U+2028, U+2029.
+    Break,
+    /// Any other C0 or C1 control character, or DEL.
+    Control,
+    /// Bidirectional embeddings and overrides (U+202A–U+202E) and isolates
+    /// (U+2066–U+2069): they reorder text up to their end, or past it when
+    /// left open.
+    BidiControl,
+    /// LRM, RLM and ALM (U+200E, U+200F, U+061C): invisible, they only set
+    /// the direction of the neutral characters beside them.
+    BidiMark,
+    /// Zero-width and format characters without a glyph: ZWSP, ZWNJ, ZWJ,
+    /// word joiner and invisible operators, soft hyphen, BOM, and the like.
+    ZeroWidth,
+    /// No glyph of their own: variation selectors, tag characters, the
+    /// combining grapheme joiner, Hangul fillers and the blank braille cell.
+    Blank,
+}
+
+/// Sorts one character into its [`CharClass`].
+fn classify(c: char) -> CharClass {
+    match c {
+        '\t' | '\n' | '\u{B}' | '\u{C}' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+            CharClass::Break
+        }
+        c if c.is_control() => CharClass::Control,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => CharClass::BidiControl,
+        '\u{200E}' | '\u{200F}' | '\u{061C}' => CharClass::BidiMark,
+        '\u{00AD}'
+        | '\u{180E}'
+        | '\u{200B}'..='\u{200D}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{206A}'..='\u{206F}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{1BCA0}'..='\u{1BCA3}'
+        | '\u{1D173}'..='\u{1D17A}' => CharClass::ZeroWidth,
+        '\u{034F}'
+        | '\u{115F}'
+        | '\u{1160}'
+        | '\u{17B4}'
+        | '\u{17B5}'
+        | '\u{180B}'..='\u{180D}'
+        | '\u{180F}'
+        | '\u{2800}'
+        | '\u{3164}'
+        | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FFA0}'
+        | '\u{E0000}'..='\u{E007F}'
+        | '\u{E0100}'..='\u{E01EF}' => CharClass::Blank,
+        c if c.is_whitespace() => CharClass::Space,
+        _ => CharClass::Visible,
+    }
 }
 
 /// Checks a `#rrggbb` colour and returns it in lower case.
@@ -210,6 +340,116 @@ mod tests {
         assert_eq!(validate_nick("   "), Err(InvalidNick::Empty));
         assert_eq!(validate_nick("a\u{0007}"), Err(InvalidNick::BadChar));
         assert_eq!(validate_nick("a\u{202E}b"), Err(InvalidNick::BadChar));
+    }
+
+    #[test]
+    fn nicks_refuse_every_invisible_or_reordering_class() {
+        for bad in [
+            "a\tb",
+            "a\u{2028}b",
+            "a\u{85}b",
+            "a\u{9B}b",
+            "a\u{2066}b",
+            "a\u{200F}b",
+            "a\u{061C}b",
+            "a\u{200B}b",
+            "a\u{2060}b",
+            "a\u{AD}b",
+            "\u{1F469}\u{200D}\u{1F4BB}",
+        ] {
+            assert_eq!(validate_nick(bad), Err(InvalidNick::BadChar), "{bad:?}");
+        }
+        // A name that shows nothing is empty.
+        for blank in ["\u{3164}", "\u{FE0F}", " \u{115F}\u{1160} ", "\u{2800}"] {
+            assert_eq!(validate_nick(blank), Err(InvalidNick::Empty), "{blank:?}");
+        }
+        // Emoji with a variation selector, spaces inside, RTL letters pass.
+        for good in ["\u{2764}\u{FE0F}", "小 明", "שלום", "مرحبا", "e\u{301}"] {
+            assert_eq!(validate_nick(good).as_deref(), Ok(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn text_refuses_controls_and_bidi_overrides() {
+        let mut bad: Vec<String> = ["\u{0}", "\u{7}", "\u{1B}[31m", "\u{7F}", "\u{80}", "\u{9F}"]
+            .iter()
+            .map(|c| format!("a{c}b"))
+            .collect();
+        for c in ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}') {
+            bad.push(format!("abc{c}def"));
+            bad.push(format!("{c}abc"));
+        }
+        for text in &bad {
+            assert_eq!(validate_text(text), Err(InvalidText::BadChar), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn text_line_breaks_become_one_space() {
+        assert_eq!(validate_text("a\nb").unwrap(), "a b");
+        assert_eq!(validate_text("a\r\n\r\nb").unwrap(), "a b");
+        assert_eq!(
+            validate_text("a\tb\u{2028}c\u{2029}d\u{85}e").unwrap(),
+            "a b c d e"
+        );
+        assert_eq!(validate_text("a\u{B}\u{C}b").unwrap(), "a b");
+        // Breaks at the ends go with the trimming; spaces are not collapsed.
+        assert_eq!(validate_text("\n\t a  b \r\n").unwrap(), "a  b");
+    }
+
+    #[test]
+    fn text_with_nothing_visible_is_empty() {
+        for text in [
+            "",
+            " \n\t ",
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}\u{2060}\u{FEFF}",
+            "\u{200E}\u{200F}\u{061C}",
+            "\u{FE0F}\u{FE0F}",
+            "\u{E0041}",
+            "\u{3164} \u{3164}",
+            "\u{2800}",
+            "\u{AD}",
+            " \u{200B} \u{200B} ",
+        ] {
+            assert_eq!(validate_text(text), Err(InvalidText::Empty), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn legitimate_text_passes_unchanged() {
+        for text in [
+            "hello 弹幕 233333",
+            "前方高能！！！",
+            "ｗｗｗ　草",
+            "한국어 텍스트",
+            "👨\u{200D}👩\u{200D}👧",
+            "👍🏽 ❤\u{FE0F} 🇯🇵",
+            // Flag of Scotland: a tag sequence.
+            "\u{1F3F4}\u{E0067}\u{E0062}\u{E0073}\u{E0063}\u{E0074}\u{E007F}",
+            "שלום עולם",
+            "مرحبا بالعالم",
+            "abc \u{200F}שלום\u{200F} def",
+            "می\u{200C}خواهم",
+            "e\u{301}\u{302} ñ n\u{303}",
+            "นี่\u{200B}คือ",
+            "a\u{A0}b",
+        ] {
+            assert_eq!(validate_text(text).as_deref(), Ok(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(classify('a'), CharClass::Visible);
+        assert_eq!(classify('\u{301}'), CharClass::Visible);
+        assert_eq!(classify('\u{3000}'), CharClass::Space);
+        assert_eq!(classify('\n'), CharClass::Break);
+        assert_eq!(classify('\u{1}'), CharClass::Control);
+        assert_eq!(classify('\u{202E}'), CharClass::BidiControl);
+        assert_eq!(classify('\u{200F}'), CharClass::BidiMark);
+        assert_eq!(classify('\u{200D}'), CharClass::ZeroWidth);
+        assert_eq!(classify('\u{FE0F}'), CharClass::Blank);
     }
 
     #[test]
