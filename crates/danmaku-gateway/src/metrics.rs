@@ -24,14 +24,8 @@ struct CodeLabel {
     code: &'static str,
 }
 
-/// Every reject code, in wire order; rejects are counted per code.
-const REJECT_CODES: [RejectCode; 5] = [
-    RejectCode::Empty,
-    RejectCode::TooLong,
-    RejectCode::BadRequest,
-    RejectCode::RateLimited,
-    RejectCode::Unavailable,
-];
+/// Every reject code; rejects are counted per code.
+const REJECT_CODES: [RejectCode; RejectCode::ALL.len()] = RejectCode::ALL;
 
 /// Counters of the fan-out: updated by room tasks and connections.
 #[derive(Clone, Debug, Default)]
@@ -170,10 +164,8 @@ impl Metrics {
 
     /// Counts a refused post.
     pub(crate) fn rejected(&self, code: RejectCode) -> &Counter {
-        let i = REJECT_CODES
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(REJECT_CODES.len() - 1);
+        // `ALL` lists every code, so the search always finds it.
+        let i = REJECT_CODES.iter().position(|c| *c == code).unwrap_or(0);
         &self.rejected[i]
     }
 

@@ -114,6 +114,16 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
+    /// Every code, in declaration order: metrics keep one series per code.
+    pub const ALL: [RejectCode; 6] = [
+        RejectCode::Empty,
+        RejectCode::TooLong,
+        RejectCode::BadRequest,
+        RejectCode::RateLimited,
+        RejectCode::Unavailable,
+        RejectCode::InvalidText,
+    ];
+
     /// The wire name, for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
