@@ -18,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RESULTS=${RESULTS:-$ROOT/benches/results}
 LOGS=${LOGS:-$ROOT/target/bench-logs}
-GATEWAY_BIN=$ROOT/target/release/danmaku-gateway
+GATEWAY_BIN=${GATEWAY_BIN:-$ROOT/target/release/danmaku-gateway}
 LOADGEN_BIN=$ROOT/target/release/danmaku-loadgen
 
 # Benchmark settings: lift the per-connection post limit (5 per 10 s) so a

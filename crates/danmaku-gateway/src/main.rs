@@ -8,6 +8,17 @@ use clap::Parser;
 use danmaku_gateway::Settings;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, when built with `--features mimalloc` (BENCHMARKS.md, scenario k).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jemalloc, when built with `--features jemalloc` (and not mimalloc); its
+/// decay is set at run time with `_RJEM_MALLOC_CONF`.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// danmaku gateway: live bullet comments over WebSocket.
 #[derive(Debug, Parser)]
 #[command(version)]
