@@ -1,16 +1,28 @@
-//! The embedded bus: one process, no network. Each room is a tokio broadcast
-//! channel created on first subscription; history is a capped deque per
-//! room; control messages go through one in-process broadcast. Nothing here
-//! waits, so every future it returns is ready at once, well within
-//! [`BusConfig::op_timeout`].
+//! The embedded bus: one process, no network. Each room is a [`Fanout`] to
+//! its subscriptions' queues (see `subscription.rs`), created on first
+//! subscription; control messages go through one in-process broadcast.
+//! Nothing here waits, so every future it returns is ready at once, well
+//! within [`BusConfig::op_timeout`].
+//!
+//! History is a capped deque per room (by count, `history_len`, and by age,
+//! `history_max_age`), and all rooms' history together is bounded by
+//! [`BusConfig::history_max_bytes`], whatever the number of rooms: each
+//! comment is counted approximately (its text and fields, plus slot and
+//! `Arc` overhead), each room with a fixed overhead, and while the total is
+//! over the budget the least recently written room loses its whole history
+//! (counted in `danmaku_bus_history_evicted_rooms_total`). A room that alone
+//! exceeds the budget keeps only its newest comments that fit. Rooms whose
+//! last write is older than `history_max_age` are dropped on the way, so an
+//! abandoned room costs nothing once its comments could no longer be shown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use danmaku_proto::{Danmaku, RoomId};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use crate::subscription::Fanout;
 use crate::{
     now_ms, BoxFuture, Broker, BusConfig, BusError, BusMetrics, ControlMessage,
     ControlSubscription, Controller, Health, InstanceReport, InstanceStatus, PresenceManager,
@@ -19,6 +31,10 @@ use crate::{
 
 /// Control messages buffered per control subscriber.
 const CONTROL_BUFFER: usize = 256;
+
+/// What a room's history costs besides its comments: the map entry, the
+/// deque and the recency index entry (plus the room name, counted apart).
+const ROOM_OVERHEAD: usize = 160;
 
 /// The in-process bus: the default when no Redis is configured.
 pub struct EmbeddedBus {
@@ -34,26 +50,172 @@ impl std::fmt::Debug for EmbeddedBus {
 struct Inner {
     config: BusConfig,
     metrics: BusMetrics,
-    /// Live room channels. A `std`-style mutex is fine: publishes and
-    /// subscriptions are short and never await while holding it.
-    channels: Mutex<HashMap<String, Channel>>,
-    /// Recent comments per room, capped by count and age.
-    history: Mutex<HashMap<String, VecDeque<Arc<Danmaku>>>>,
+    /// Live rooms, each fanning out to its subscriptions. A blocking mutex
+    /// is fine: publishes and subscriptions are short and never await
+    /// while holding it.
+    channels: Mutex<HashMap<String, Fanout>>,
+    history: Mutex<History>,
     /// The last heartbeat of the single instance.
     report: Mutex<Option<InstanceStatus>>,
     control: broadcast::Sender<ControlMessage>,
 }
 
-struct Channel {
-    tx: broadcast::Sender<RoomEvent>,
-    /// Live subscriptions; the channel is removed when it reaches zero.
-    subscribers: usize,
+/// Every room's recent comments, within a global byte budget.
+#[derive(Default)]
+struct History {
+    rooms: HashMap<String, RoomHistory>,
+    /// Rooms by their last write, oldest first: who is evicted next.
+    by_write: BTreeMap<u64, String>,
+    /// Counter of writes, the key of `by_write`.
+    writes: u64,
+    /// The approximate bytes all rooms' history takes.
+    bytes: usize,
+}
+
+struct RoomHistory {
+    comments: VecDeque<Arc<Danmaku>>,
+    /// This room's share of `History::bytes`.
+    bytes: usize,
+    /// Its key in `History::by_write`.
+    written: u64,
+    /// When it was last written, ms since the epoch.
+    written_ms: u64,
+}
+
+/// Approximate memory one history entry keeps alive: the comment, its
+/// heap fields, the `Arc` counts and the deque slot.
+fn comment_bytes(c: &Danmaku) -> usize {
+    std::mem::size_of::<Danmaku>()
+        + 2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<Arc<Danmaku>>()
+        + c.id.len()
+        + c.room.len()
+        + c.user.len()
+        + c.name.as_ref().map_or(0, |n| n.len())
+        + c.text.len()
+        + c.color.len()
+}
+
+impl History {
+    /// Appends a comment to a room, then restores every bound.
+    fn push(&mut self, room: &str, comment: &Arc<Danmaku>, config: &BusConfig) -> usize {
+        let now = now_ms();
+        self.writes += 1;
+        let written = self.writes;
+        match self.rooms.get(room) {
+            Some(entry) => {
+                self.by_write.remove(&entry.written);
+            }
+            None => {
+                let overhead = ROOM_OVERHEAD + room.len();
+                self.bytes += overhead;
+                self.rooms.insert(
+                    room.to_owned(),
+                    RoomHistory {
+                        comments: VecDeque::new(),
+                        bytes: overhead,
+                        written,
+                        written_ms: now,
+                    },
+                );
+            }
+        }
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return 0;
+        };
+        entry.written = written;
+        entry.written_ms = now;
+        let size = comment_bytes(comment);
+        entry.comments.push_back(comment.clone());
+        entry.bytes += size;
+        self.bytes += size;
+        while entry.comments.len() > config.history_len {
+            if let Some(old) = entry.comments.pop_front() {
+                let size = comment_bytes(&old);
+                entry.bytes -= size;
+                self.bytes -= size;
+            }
+        }
+        self.by_write.insert(written, room.to_owned());
+        self.enforce(room, config)
+    }
+
+    /// Drops aged-out rooms, then the least recently written ones while
+    /// over the budget; the room just written (`keep`) only loses its
+    /// oldest comments, and only if it alone is over. Returns how many
+    /// rooms were evicted for the budget.
+    fn enforce(&mut self, keep: &str, config: &BusConfig) -> usize {
+        let oldest_ms = now_ms().saturating_sub(config.history_max_age.as_millis() as u64);
+        while let Some((_, room)) = self.by_write.first_key_value() {
+            if room == keep {
+                break;
+            }
+            let aged = self
+                .rooms
+                .get(room)
+                .is_none_or(|r| r.written_ms < oldest_ms);
+            if !aged {
+                break;
+            }
+            let room = room.clone();
+            self.drop_room(&room);
+        }
+        let mut evicted = 0;
+        while self.bytes > config.history_max_bytes {
+            match self.by_write.first_key_value() {
+                Some((_, room)) if room != keep => {
+                    let room = room.clone();
+                    self.drop_room(&room);
+                    evicted += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.bytes > config.history_max_bytes {
+            if let Some(entry) = self.rooms.get_mut(keep) {
+                while self.bytes > config.history_max_bytes && entry.comments.len() > 1 {
+                    if let Some(old) = entry.comments.pop_front() {
+                        let size = comment_bytes(&old);
+                        entry.bytes -= size;
+                        self.bytes -= size;
+                    }
+                }
+            }
+        }
+        evicted
+    }
+
+    fn drop_room(&mut self, room: &str) {
+        if let Some(entry) = self.rooms.remove(room) {
+            self.by_write.remove(&entry.written);
+            self.bytes -= entry.bytes;
+        }
+    }
+
+    fn remove(&mut self, room: &str, id: &str) -> bool {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return false;
+        };
+        let before = entry.comments.len();
+        let mut freed = 0;
+        entry.comments.retain(|c| {
+            let gone = c.id == id;
+            if gone {
+                freed += comment_bytes(c);
+            }
+            !gone
+        });
+        entry.bytes -= freed;
+        self.bytes -= freed;
+        entry.comments.len() != before
+    }
 }
 
 /// Unsubscribes on drop.
 struct Guard {
     inner: Weak<Inner>,
     room: String,
+    id: u64,
 }
 
 impl Drop for Guard {
@@ -62,9 +224,9 @@ impl Drop for Guard {
             return;
         };
         let mut channels = inner.channels.lock();
-        if let Some(ch) = channels.get_mut(&self.room) {
-            ch.subscribers -= 1;
-            if ch.subscribers == 0 {
+        if let Some(fanout) = channels.get_mut(&self.room) {
+            fanout.remove(self.id);
+            if fanout.len() == 0 {
                 channels.remove(&self.room);
                 inner.metrics.subscribed_rooms.dec();
             }
@@ -80,7 +242,7 @@ impl EmbeddedBus {
                 config,
                 metrics,
                 channels: Mutex::new(HashMap::new()),
-                history: Mutex::new(HashMap::new()),
+                history: Mutex::new(History::default()),
                 report: Mutex::new(None),
                 control: broadcast::channel(CONTROL_BUFFER).0,
             }),
@@ -92,17 +254,12 @@ impl EmbeddedBus {
         if cfg.history_len == 0 {
             return;
         }
-        let mut history = self.inner.history.lock();
-        let deque = history.entry(room.as_str().to_owned()).or_default();
-        if deque.len() >= cfg.history_len {
-            deque.pop_front();
-        }
-        deque.push_back(comment.clone());
-        // Forget rooms whose newest comment has aged out, so a long-running
-        // process does not keep every room it ever saw.
-        if history.len() > 1024 && history.len().is_power_of_two() {
-            let oldest = now_ms().saturating_sub(cfg.history_max_age.as_millis() as u64);
-            history.retain(|_, d| d.back().is_some_and(|c| c.ts >= oldest));
+        let evicted = self.inner.history.lock().push(room.as_str(), comment, cfg);
+        if evicted > 0 {
+            self.inner
+                .metrics
+                .history_evicted_rooms
+                .inc_by(evicted as u64);
         }
     }
 }
@@ -116,28 +273,28 @@ impl Broker for EmbeddedBus {
         if let RoomEvent::Comment(comment) = &event {
             self.remember(room, comment);
         }
-        if let Some(ch) = self.inner.channels.lock().get(room.as_str()) {
-            // An error only means nobody listens any more: nothing to deliver.
-            let _ = ch.tx.send(event);
+        if let Some(fanout) = self.inner.channels.lock().get(room.as_str()) {
+            fanout.send(event);
         }
         ready(Ok(()))
     }
 
     fn subscribe(&self, room: &RoomId) -> Subscription {
         let mut channels = self.inner.channels.lock();
-        let ch = channels.entry(room.as_str().to_owned()).or_insert_with(|| {
+        let fanout = channels.entry(room.as_str().to_owned()).or_insert_with(|| {
             self.inner.metrics.subscribed_rooms.inc();
-            Channel {
-                tx: broadcast::channel(self.inner.config.room_buffer.max(1)).0,
-                subscribers: 0,
-            }
+            Fanout::default()
         });
-        ch.subscribers += 1;
+        let (id, queue) = fanout.add(
+            self.inner.config.room_queue_max,
+            self.inner.metrics.room_events_shed.clone(),
+        );
         let guard = Guard {
             inner: Arc::downgrade(&self.inner),
             room: room.as_str().to_owned(),
+            id,
         };
-        Subscription::new(ch.tx.subscribe(), Box::new(guard))
+        Subscription::new(queue, Box::new(guard))
     }
 
     fn recent(&self, room: &RoomId) -> BoxFuture<'_, Result<Vec<Danmaku>, BusError>> {
@@ -147,9 +304,11 @@ impl Broker for EmbeddedBus {
             .inner
             .history
             .lock()
+            .rooms
             .get(room.as_str())
-            .map(|d| {
-                d.iter()
+            .map(|r| {
+                r.comments
+                    .iter()
                     .filter(|c| c.ts >= oldest)
                     .map(|c| (**c).clone())
                     .collect()
@@ -159,12 +318,7 @@ impl Broker for EmbeddedBus {
     }
 
     fn remove_history(&self, room: &RoomId, id: &str) -> BoxFuture<'_, Result<bool, BusError>> {
-        let mut history = self.inner.history.lock();
-        let removed = history.get_mut(room.as_str()).is_some_and(|deque| {
-            let before = deque.len();
-            deque.retain(|c| c.id != id);
-            deque.len() != before
-        });
+        let removed = self.inner.history.lock().remove(room.as_str(), id);
         ready(Ok(removed))
     }
 }
@@ -318,7 +472,7 @@ mod tests {
     #[tokio::test]
     async fn lagging_subscription_reports_the_skip() {
         let bus = bus(BusConfig {
-            room_buffer: 2,
+            room_queue_max: 2,
             ..BusConfig::default()
         });
         let a = RoomId::parse("a").unwrap();
@@ -329,6 +483,124 @@ mod tests {
         }
         assert_eq!(s.recv().await, Err(RecvError::Lagged(3)));
         assert_eq!(id_of(s.recv().await.unwrap()), "id3");
+    }
+
+    #[tokio::test]
+    async fn a_burst_nobody_reads_yet_is_received_whole_in_order() {
+        let metrics = BusMetrics::default();
+        let bus = EmbeddedBus::new(BusConfig::default(), metrics.clone());
+        let a = RoomId::parse("a").unwrap();
+        let mut reader = bus.subscribe(&a);
+        let mut other = bus.subscribe(&a);
+        for i in 0..20_000 {
+            let c = comment("a", &format!("id{i}"));
+            bus.publish(&a, RoomEvent::Comment(c)).await.unwrap();
+        }
+        for sub in [&mut reader, &mut other] {
+            for i in 0..20_000 {
+                assert_eq!(id_of(sub.recv().await.unwrap()), format!("id{i}"));
+            }
+            assert_eq!(sub.try_recv().unwrap(), None);
+        }
+        assert_eq!(metrics.room_events_shed.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn beyond_room_queue_max_the_oldest_are_shed_and_counted() {
+        let metrics = BusMetrics::default();
+        let config = BusConfig {
+            room_queue_max: 100,
+            ..BusConfig::default()
+        };
+        let bus = EmbeddedBus::new(config, metrics.clone());
+        let a = RoomId::parse("a").unwrap();
+        let mut s = bus.subscribe(&a);
+        for i in 0..250 {
+            let c = comment("a", &format!("id{i}"));
+            bus.publish(&a, RoomEvent::Comment(c)).await.unwrap();
+        }
+        assert_eq!(s.recv().await, Err(RecvError::Lagged(150)));
+        for i in 150..250 {
+            assert_eq!(id_of(s.recv().await.unwrap()), format!("id{i}"));
+        }
+        assert_eq!(metrics.room_events_shed.get(), 150);
+    }
+
+    #[tokio::test]
+    async fn history_memory_stays_within_the_budget_evicting_the_least_recently_written_rooms() {
+        let budget = 64 * 1024;
+        let metrics = BusMetrics::default();
+        let config = BusConfig {
+            history_len: 10,
+            history_max_bytes: budget,
+            ..BusConfig::default()
+        };
+        let bus = EmbeddedBus::new(config, metrics.clone());
+        let rooms: Vec<RoomId> = (0..1_000)
+            .map(|i| RoomId::parse(&format!("r{i}")).unwrap())
+            .collect();
+        for (i, room) in rooms.iter().enumerate() {
+            for j in 0..10 {
+                let c = comment(room.as_str(), &format!("r{i}-c{j}"));
+                bus.publish(room, RoomEvent::Comment(c)).await.unwrap();
+            }
+            let held = bus.inner.history.lock().bytes;
+            assert!(held <= budget, "{held} bytes held after room {i}");
+        }
+        // The accounting is honest: what is held is what is counted.
+        let kept = {
+            let history = bus.inner.history.lock();
+            let counted: usize = history
+                .rooms
+                .iter()
+                .map(|(room, r)| {
+                    ROOM_OVERHEAD
+                        + room.len()
+                        + r.comments.iter().map(|c| comment_bytes(c)).sum::<usize>()
+                })
+                .sum();
+            assert_eq!(counted, history.bytes);
+            assert_eq!(history.by_write.len(), history.rooms.len());
+            history.rooms.len()
+        };
+        assert!((10..1_000).contains(&kept), "{kept} rooms kept");
+        // The most recently written rooms keep all their history...
+        for room in &rooms[1_000 - 10..] {
+            assert_eq!(bus.recent(room).await.unwrap().len(), 10, "{room:?}");
+        }
+        // ...the least recently written ones were evicted whole.
+        for room in &rooms[..1_000 - kept] {
+            assert!(bus.recent(room).await.unwrap().is_empty(), "{room:?}");
+        }
+        assert_eq!(metrics.history_evicted_rooms.get(), (1_000 - kept) as u64);
+        // Writing an old room again makes it the newest: it is kept.
+        let first = &rooms[0];
+        bus.publish(first, RoomEvent::Comment(comment("r0", "again")))
+            .await
+            .unwrap();
+        assert_eq!(bus.recent(first).await.unwrap().len(), 1);
+        // Removing from history gives the bytes back.
+        let before = bus.inner.history.lock().bytes;
+        assert!(bus.remove_history(first, "again").await.unwrap());
+        assert!(bus.inner.history.lock().bytes < before);
+    }
+
+    #[tokio::test]
+    async fn a_room_alone_over_the_budget_keeps_its_newest_comments() {
+        let bus = bus(BusConfig {
+            history_len: 50,
+            history_max_bytes: 2_000,
+            ..BusConfig::default()
+        });
+        let a = RoomId::parse("a").unwrap();
+        for i in 0..50 {
+            let c = comment("a", &format!("id{i}"));
+            bus.publish(&a, RoomEvent::Comment(c)).await.unwrap();
+        }
+        let recent = bus.recent(&a).await.unwrap();
+        assert!(!recent.is_empty() && recent.len() < 50, "{}", recent.len());
+        assert_eq!(recent.last().unwrap().id, "id49");
+        assert!(bus.inner.history.lock().bytes <= 2_000);
     }
 
     #[tokio::test]

@@ -66,9 +66,19 @@ pub struct BusConfig {
     pub history_len: usize,
     /// Comments older than this are not sent in `hello.recent`.
     pub history_max_age: Duration,
-    /// Events buffered per room between the bus and a lagging room task;
-    /// beyond this the oldest are skipped for that room on this instance.
-    pub room_buffer: usize,
+    /// Embedded bus only: the most memory all rooms' history may take
+    /// together, counted approximately (text and fields of each comment,
+    /// plus a per-room overhead). Beyond it the history of the least
+    /// recently written room is dropped, so the bound holds however many
+    /// rooms there are. (On Redis, history lives in Redis.)
+    pub history_max_bytes: usize,
+    /// The most events one subscription's queue holds unread. The queue
+    /// costs nothing while empty and grows only as needed, so this is a
+    /// safety bound, not a preallocation: a subscriber that keeps up on
+    /// average receives every event. Beyond it the oldest are shed, the
+    /// reader gets [`RecvError::Lagged`], and
+    /// `danmaku_bus_room_events_shed_total` counts them.
+    pub room_queue_max: usize,
     /// The longest any future returned by the bus takes to resolve, all
     /// waits included; past it the operation ends with
     /// [`BusError::Unavailable`]. The bus is the one owner of this bound,
@@ -81,7 +91,8 @@ impl Default for BusConfig {
         BusConfig {
             history_len: 50,
             history_max_age: Duration::from_secs(600),
-            room_buffer: 256,
+            history_max_bytes: 64 << 20,
+            room_queue_max: 65_536,
             op_timeout: Duration::from_secs(2),
         }
     }
@@ -126,7 +137,9 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes an event to its room. `Ok` means it was handed to the
     /// backend and every subscribed instance, this one included, will
     /// deliver it (and, for a comment, that it is in history); `Err` means
-    /// nothing was published. Resolves within [`BusConfig::op_timeout`].
+    /// nothing was published, and never will be: an operation that timed
+    /// out cannot take effect later. Resolves within
+    /// [`BusConfig::op_timeout`].
     fn publish(&self, room: &RoomId, event: RoomEvent) -> BoxFuture<'_, Result<(), BusError>>;
 
     /// Starts receiving a room's events. The only delivery path: a gateway
@@ -176,7 +189,9 @@ pub trait Controller: Send + Sync + 'static {
 
 /// Whether the bus can serve now, for `/readyz`.
 pub trait Health: Send + Sync + 'static {
-    /// Whether posts can be published now. Never waits.
+    /// Whether posts can be published now: the backend is reachable and
+    /// takes writes (a backend refusing writes, out of memory say, is not
+    /// ready until a write succeeds again). Never waits.
     fn readiness(&self) -> Readiness;
 }
 

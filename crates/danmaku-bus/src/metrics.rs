@@ -41,6 +41,17 @@ pub struct BusMetrics {
     /// `danmaku_bus_subscribed_rooms`: rooms this instance is subscribed to
     /// (or lingers on).
     pub(crate) subscribed_rooms: Gauge,
+    /// `danmaku_bus_room_events_shed_total`: room events dropped from a
+    /// subscription's queue because it held `room_queue_max` unread ones
+    /// (its reader was told with `RecvError::Lagged`).
+    pub(crate) room_events_shed: Counter,
+    /// `danmaku_bus_history_evicted_rooms_total`: rooms whose history the
+    /// embedded bus dropped to stay within `history_max_bytes`.
+    pub(crate) history_evicted_rooms: Counter,
+    /// `danmaku_bus_write_refusals_total`: writes Redis refused (OOM,
+    /// READONLY, MISCONF...), each turning the bus not ready until a write
+    /// succeeds again.
+    pub(crate) write_refusals: Counter,
 }
 
 impl Default for BusMetrics {
@@ -62,6 +73,9 @@ impl Default for BusMetrics {
             unknown_events: Counter::default(),
             invalid_payloads: Counter::default(),
             subscribed_rooms: Gauge::default(),
+            room_events_shed: Counter::default(),
+            history_evicted_rooms: Counter::default(),
+            write_refusals: Counter::default(),
         }
     }
 }
@@ -105,6 +119,21 @@ impl BusMetrics {
             "Rooms this instance is subscribed to, lingering ones included",
             self.subscribed_rooms.clone(),
         );
+        registry.register(
+            "danmaku_bus_room_events_shed",
+            "Room events shed from a subscription queue that reached room_queue_max",
+            self.room_events_shed.clone(),
+        );
+        registry.register(
+            "danmaku_bus_history_evicted_rooms",
+            "Rooms whose history the embedded bus dropped to stay within history_max_bytes",
+            self.history_evicted_rooms.clone(),
+        );
+        registry.register(
+            "danmaku_bus_write_refusals",
+            "Writes Redis refused (OOM, READONLY, MISCONF...), each making the bus not ready",
+            self.write_refusals.clone(),
+        );
     }
 }
 
@@ -130,6 +159,9 @@ mod tests {
             "danmaku_bus_unknown_events_total 0",
             "danmaku_bus_invalid_payloads_total 0",
             "danmaku_bus_subscribed_rooms 3",
+            "danmaku_bus_room_events_shed_total 0",
+            "danmaku_bus_history_evicted_rooms_total 0",
+            "danmaku_bus_write_refusals_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

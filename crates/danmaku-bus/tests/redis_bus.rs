@@ -1,8 +1,11 @@
 //! The Redis bus against a real `redis-server` started per test: delivery
-//! in order and only to subscribed rooms, history and its removal, deletes,
-//! the control channel, subscription lifetime (batching, linger), presence,
-//! recovery from outages, the envelope's compatibility (legacy, unknown,
-//! garbage payloads), the operation timeout, and the metrics that count it.
+//! in order and only to subscribed rooms, bursts far beyond any buffer,
+//! history and its removal, deletes, the control channel, subscription
+//! lifetime (batching, linger), presence, recovery from outages (rooms with
+//! and without a comment before), the envelope's compatibility (legacy,
+//! unknown, garbage payloads), the operation timeout and its promise that
+//! a timed-out publish never takes effect (Redis asleep or paused),
+//! readiness while Redis refuses writes, and the metrics that count it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -439,13 +442,13 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
 }
 
 #[tokio::test]
-async fn a_lagging_subscriber_skips_the_oldest_and_others_are_not_held_up() {
+async fn a_subscriber_beyond_room_queue_max_sheds_the_oldest_and_others_are_not_held_up() {
     let redis = RedisServer::start().unwrap();
-    let (bus, _) = bus_with(
+    let (bus, metrics) = bus_with(
         &redis,
         RedisBusConfig {
             bus: BusConfig {
-                room_buffer: 4,
+                room_queue_max: 4,
                 ..BusConfig::default()
             },
             ..config()
@@ -465,6 +468,7 @@ async fn a_lagging_subscriber_skips_the_oldest_and_others_are_not_held_up() {
     for i in 6..10 {
         assert_eq!(next_id(&mut slow).await, format!("b{i}"));
     }
+    assert_eq!(metric(&metrics, "danmaku_bus_room_events_shed_total"), 6.0);
 }
 
 #[tokio::test]
@@ -845,4 +849,284 @@ async fn every_operation_resolves_within_op_timeout_when_redis_hangs() {
     let started = std::time::Instant::now();
     bus.leave("gw").await;
     assert!(started.elapsed() <= bound, "leave");
+}
+
+#[tokio::test]
+async fn a_burst_nobody_reads_yet_is_received_whole_in_order() {
+    let redis = RedisServer::start().unwrap();
+    let (bus, metrics) = bus_with(&redis, config());
+    ready(&bus).await;
+    let mut unread = subscribed(&bus, "burst").await;
+    for i in 0..20_000 {
+        post(&bus, comment("burst", &format!("c{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..20_000 {
+        assert_eq!(next_id(&mut unread).await, format!("c{i}"));
+    }
+    assert_eq!(unread.try_recv().unwrap(), None);
+    assert_eq!(metric(&metrics, "danmaku_bus_room_events_shed_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_room_without_comments_before_an_outage_recovers_those_posted_during_it() {
+    let redis = RedisServer::start().unwrap();
+    let config = RedisBusConfig {
+        bus: BusConfig {
+            history_len: 100,
+            ..BusConfig::default()
+        },
+        ..config()
+    };
+    let rt_a = Freezable::new();
+    let (a, metrics) = {
+        let _on = rt_a.handle.enter();
+        bus_with(&redis, config.clone())
+    };
+    let (b, _) = bus_with(&redis, config);
+    ready(&a).await;
+    ready(&b).await;
+    // Subscribed, and served a (still empty) history, as for a `hello`.
+    let mut sub = subscribed(&a, "fresh").await;
+    assert!(a.recent(&room("fresh")).await.unwrap().is_empty());
+
+    // `a` is frozen while its pub/sub connection is killed and comments go
+    // by: the room had received none before.
+    let thaw = rt_a.freeze();
+    kill_pubsub_with(&redis, 2);
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let c = comment("fresh", &format!("f{i}"));
+        post(&b, c.clone()).await.unwrap();
+        sent.push(c.id.clone());
+    }
+    drop(thaw);
+    // Reconnected and recovered (the bus turns ready only after both).
+    eventually("a reconnected and recovered", || async {
+        let reconnects = metric(
+            &metrics,
+            "danmaku_bus_reconnects_total{connection=\"pubsub\"}",
+        );
+        (reconnects == 1.0 && a.readiness() == Readiness::Ready).then_some(())
+    })
+    .await;
+    post(&b, comment("fresh", "end")).await.unwrap();
+    sent.push("end".into());
+
+    let mut got = Vec::new();
+    for _ in 0..sent.len() {
+        got.push(next_id(&mut sub).await);
+    }
+    assert_eq!(got, sent, "every comment once, in order");
+    post(&b, comment("fresh", "after")).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, "after", "and nothing twice");
+    assert_eq!(sub.try_recv().unwrap(), None);
+    assert_eq!(metric(&metrics, "danmaku_bus_recoveries_total"), 1.0);
+    assert_eq!(
+        metric(&metrics, "danmaku_bus_recovered_comments_total"),
+        10.0
+    );
+    drop(a);
+}
+
+/// Settings under which a stalled Redis is not noticed by pings while a
+/// publish waits on it: the publish alone meets the stall.
+fn stall_config() -> RedisBusConfig {
+    RedisBusConfig {
+        bus: BusConfig {
+            op_timeout: Duration::from_secs(1),
+            ..config().bus
+        },
+        ping_interval: Duration::from_secs(30),
+        ..config()
+    }
+}
+
+/// Checks a publish that timed out while Redis was stalled never takes
+/// effect once Redis runs again: not delivered, not in history.
+async fn a_stalled_publish_never_takes_effect(redis: &RedisServer, stall: impl FnOnce()) {
+    let (bus, _) = bus_with(redis, stall_config());
+    ready(&bus).await;
+    let mut sub = subscribed(&bus, "stall").await;
+    post(&bus, comment("stall", "before")).await.unwrap();
+    assert_eq!(next_id(&mut sub).await, "before");
+
+    stall();
+    let started = std::time::Instant::now();
+    let out = post(&bus, comment("stall", "stalled")).await;
+    assert!(
+        matches!(out, Err(BusError::Unavailable(_))),
+        "the publish fails: {out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(2_500), "in time");
+
+    // Once Redis runs again (3 s after the stall began), and a little
+    // past it, the next comment is the next thing delivered.
+    tokio::time::sleep(Duration::from_millis(3_500).saturating_sub(started.elapsed())).await;
+    publish_when_ready(&bus, comment("stall", "after")).await;
+    assert_eq!(
+        next_id(&mut sub).await,
+        "after",
+        "the timed-out one never came"
+    );
+    assert_eq!(sub.try_recv().unwrap(), None);
+    let ids: Vec<String> = bus
+        .recent(&room("stall"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["before", "after"], "nor is it in history");
+}
+
+#[tokio::test]
+async fn a_publish_that_timed_out_while_redis_slept_never_takes_effect() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]).unwrap();
+    let url = redis.url();
+    a_stalled_publish_never_takes_effect(&redis, move || {
+        let (asleep_tx, asleep) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let client = danmaku_testkit::redis::Client::open(url).unwrap();
+            let mut conn = client.get_connection().unwrap();
+            asleep_tx.send(()).unwrap();
+            let _: danmaku_testkit::redis::RedisResult<()> = danmaku_testkit::redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(3)
+                .query(&mut conn);
+        });
+        asleep.recv().unwrap();
+        // Let the DEBUG SLEEP reach Redis before the publish does.
+        std::thread::sleep(Duration::from_millis(150));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_publish_that_timed_out_while_writes_were_paused_never_takes_effect() {
+    let redis = RedisServer::start().unwrap();
+    a_stalled_publish_never_takes_effect(&redis, || {
+        let _: String = redis
+            .redis_cli(&["CLIENT", "PAUSE", "3000", "WRITE"])
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn publishes_keep_history_and_order_through_the_script_and_survive_a_script_flush() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = two_buses(&redis).await;
+    let mut sub = subscribed(&b, "s").await;
+    for i in 0..3 {
+        post(&a, comment("s", &format!("s{i}"))).await.unwrap();
+    }
+    // Redis forgets the script: it is loaded again on first use.
+    let _: String = redis.redis_cli(&["SCRIPT", "FLUSH"]).unwrap();
+    for i in 3..7 {
+        post(&a, comment("s", &format!("s{i}"))).await.unwrap();
+    }
+    for i in 0..7 {
+        assert_eq!(next_id(&mut sub).await, format!("s{i}"));
+    }
+    let ids: Vec<String> = b
+        .recent(&room("s"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["s2", "s3", "s4", "s5", "s6"], "capped at history_len");
+    let ttl: i64 = redis.redis_cli(&["PTTL", "t:history:s"]).unwrap();
+    assert!(ttl > 0, "the list expires");
+    // A delete is published but is not history.
+    let delete = RoomEvent::Delete { id: "s6".into() };
+    a.publish(&room("s"), delete.clone()).await.unwrap();
+    assert_eq!(next_event(&mut sub).await, delete);
+    assert_eq!(b.recent(&room("s")).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn readiness_follows_whether_redis_takes_writes() {
+    let redis = RedisServer::start().unwrap();
+    let (bus, metrics) = bus_with(&redis, config());
+    ready(&bus).await;
+    let _sub = subscribed(&bus, "full").await;
+    post(&bus, comment("full", "ok")).await.unwrap();
+
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory", "1"])
+        .unwrap();
+    let why = eventually("not ready while writes are refused", || async {
+        match bus.readiness() {
+            Readiness::NotReady(why) => Some(why),
+            Readiness::Ready => None,
+        }
+    })
+    .await;
+    assert!(why.contains("redis refuses writes"), "{why}");
+    assert!(why.contains("OOM"), "{why}");
+    assert!(post(&bus, comment("full", "refused")).await.is_err());
+    assert!(metric(&metrics, "danmaku_bus_write_refusals_total") >= 1.0);
+
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory", "0"])
+        .unwrap();
+    ready(&bus).await;
+    post(&bus, comment("full", "again")).await.unwrap();
+    let ids: Vec<String> = bus
+        .recent(&room("full"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["ok", "again"]);
+}
+
+#[tokio::test]
+async fn a_publish_refused_for_memory_marks_the_bus_not_ready_at_once() {
+    let redis = RedisServer::start().unwrap();
+    // Pings (and so probes) too rare to be the ones noticing.
+    let (bus, _) = bus_with(
+        &redis,
+        RedisBusConfig {
+            ping_interval: Duration::from_secs(30),
+            ..config()
+        },
+    );
+    ready(&bus).await;
+    let mut sub = subscribed(&bus, "oom").await;
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .unwrap();
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory", "1"])
+        .unwrap();
+    match post(&bus, comment("oom", "refused")).await {
+        Err(BusError::Unavailable(why)) => assert!(why.contains("refuses writes"), "{why}"),
+        other => panic!("a refused publish: {other:?}"),
+    }
+    match bus.readiness() {
+        Readiness::NotReady(why) => assert!(why.contains("redis refuses writes"), "{why}"),
+        Readiness::Ready => panic!("ready while Redis refuses writes"),
+    }
+    // Nothing of the refused comment went out: the next comment a
+    // direct publish sends is the first thing delivered.
+    let _: String = redis
+        .redis_cli(&["CONFIG", "SET", "maxmemory", "0"])
+        .unwrap();
+    let len: i64 = redis.redis_cli(&["LLEN", "t:history:oom"]).unwrap();
+    assert_eq!(len, 0);
+    let legacy = comment("oom", "marker");
+    publish_raw(
+        &redis,
+        "t:room:oom",
+        &rmp_serde::to_vec_named(&*legacy).unwrap(),
+    );
+    assert_eq!(next_id(&mut sub).await, "marker");
 }

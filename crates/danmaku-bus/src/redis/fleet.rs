@@ -43,7 +43,9 @@ impl PresenceManager for RedisBus {
                 .arg(now)
                 .arg(&report.id)
                 .ignore();
-            inner.commands.query::<()>("heartbeat", &pipe).await
+            inner.commands.query::<()>("heartbeat", &pipe).await?;
+            inner.commands.wrote();
+            Ok(())
         }))
     }
 

@@ -8,6 +8,7 @@
 //! | `{p}control`          | channel | fleet-wide control messages                      |
 //! | `{p}instance:{id}`    | hash    | an instance's last heartbeat, expiring after TTL |
 //! | `{p}instances`        | zset    | instance ids scored by last heartbeat (ms)       |
+//! | `{p}probe:{token}`    | string  | a bus's write probe, set on each ping, expiring  |
 
 /// Names of keys and channels under the prefix.
 #[derive(Debug, Clone)]
@@ -56,6 +57,11 @@ impl Keys {
         format!("{}instance:{id}", self.prefix)
     }
 
+    /// A bus's write-probe key; `token` is random per bus.
+    pub(crate) fn probe(&self, token: &str) -> String {
+        format!("{}probe:{token}", self.prefix)
+    }
+
     /// The index of instances by last heartbeat.
     pub(crate) fn instances(&self) -> String {
         format!("{}instances", self.prefix)
@@ -79,5 +85,6 @@ mod tests {
         assert!(!keys.is_control("t:room:control"));
         assert_eq!(keys.instance("gw"), "t:instance:gw");
         assert_eq!(keys.instances(), "t:instances");
+        assert_eq!(keys.probe("ab12"), "t:probe:ab12");
     }
 }

@@ -5,28 +5,31 @@
 //! - `keys`: every key and channel name (the layout table is there);
 //! - `transport`: the connections to Redis, the seam a Redis Cluster
 //!   transport will plug into;
-//! - `command`: the multiplexed command connection and its task;
+//! - `command`: the multiplexed command connection and its task (pings,
+//!   Redis's clock, the write probe);
+//! - `clock`: a safe reading of Redis's clock, for publish deadlines;
 //! - `pubsub`: the pub/sub task, subscriptions and delivery to rooms;
-//! - `rooms`: the served rooms and their broadcast channels;
+//! - `rooms`: the served rooms and their subscriptions' queues;
 //! - `recovery`: replay of comments missed while the pub/sub link was down;
-//! - `broker`: publish, history (`Broker`);
+//! - `broker`: publish (a deadline-checked script), history (`Broker`);
 //! - `fleet`: heartbeats and presence (`PresenceManager`);
 //! - `backoff`: reconnect delays with full jitter.
 //!
 //! Two connections per instance, each owned by a background task that
 //! (re)connects with backoff, so neither construction nor a Redis outage
-//! ever blocks the gateway. While either is down the bus is not ready and
-//! `publish` fails at once: a post is never acknowledged when this instance
-//! could not deliver it. On reconnect every room still served is
-//! subscribed again, and its missed comments recovered from history, before
-//! the bus turns ready; the rooms' broadcast channels live on, so room
-//! tasks simply see events resume.
+//! ever blocks the gateway. While either is down, or Redis refuses writes
+//! (`command.rs`), the bus is not ready and `publish` fails at once: a post
+//! is never acknowledged when this instance could not deliver it. On
+//! reconnect every room still served is subscribed again, and its missed
+//! comments recovered from history, before the bus turns ready; the rooms'
+//! subscriptions live on, so room tasks simply see events resume.
 //!
 //! Every future returned resolves within `BusConfig::op_timeout` (see
 //! [`crate::Broker`] and the impls for what each waits on within it).
 
 mod backoff;
 mod broker;
+mod clock;
 mod command;
 mod fleet;
 mod keys;
@@ -39,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rand::RngExt;
 use tokio::sync::{broadcast, watch};
 
 use self::command::Commands;
@@ -65,11 +69,13 @@ pub struct RedisBusConfig {
     /// A heartbeat older than this no longer counts: a killed instance
     /// leaves the fleet's counts within it.
     pub heartbeat_ttl: Duration,
-    /// Settings shared with the embedded bus (history, room buffer, and
+    /// Settings shared with the embedded bus (history, room queues, and
     /// `op_timeout`, which also bounds connecting, each command and each
-    /// ping).
+    /// ping). `history_max_bytes` does not apply: history lives in Redis.
     pub bus: BusConfig,
     /// How often each connection is pinged, so a silent loss is noticed.
+    /// Each ping of the command connection also reads Redis's clock and
+    /// probes that Redis takes writes.
     pub ping_interval: Duration,
     /// Longest wait between reconnection attempts (the cap of the jittered
     /// backoff).
@@ -113,6 +119,8 @@ struct Inner {
     metrics: BusMetrics,
     transport: Transport,
     commands: Commands,
+    /// This bus's write-probe key, unique per bus (`keys.rs`).
+    probe_key: String,
     rooms: Arc<Rooms>,
     /// Control messages read from the pub/sub link, to every
     /// [`ControlSubscription`].
@@ -134,13 +142,16 @@ impl RedisBus {
         let transport = Transport::open(url, config.bus.op_timeout)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BusError::Config("the redis bus needs a Tokio runtime".into()))?;
+        let keys = Keys::new(&config.prefix);
+        let token: u64 = rand::rng().random_range(0..u64::MAX);
         let inner = Arc::new(Inner {
-            keys: Keys::new(&config.prefix),
-            rooms: Arc::new(Rooms::new(config.bus.room_buffer, metrics.clone())),
+            probe_key: keys.probe(&format!("{token:016x}")),
+            keys,
+            rooms: Arc::new(Rooms::new(config.bus.room_queue_max, metrics.clone())),
             config,
+            commands: Commands::new(metrics.write_refusals.clone()),
             metrics,
             transport,
-            commands: Commands::new(),
             control: broadcast::channel(CONTROL_BUFFER).0,
             pubsub_health: Mutex::new(Err("redis unreachable: connecting".into())),
         });

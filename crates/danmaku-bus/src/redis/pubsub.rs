@@ -1,7 +1,7 @@
 //! The pub/sub task: keeps one pub/sub link subscribed to the control
 //! channel and to exactly the rooms this instance serves (or lingers on),
-//! and hands every message it reads to its room's broadcast channel, or to
-//! the control broadcast.
+//! and hands every message it reads to its room's subscriptions (one queue
+//! push each, under one short lock), or to the control broadcast.
 //!
 //! Invariants: one link per instance, read by this one task, which is what
 //! keeps each room's events in publish order; a room is subscribed from its
@@ -62,9 +62,11 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
         };
 
         // A fresh connection serves the control channel and every room
-        // still in the map.
+        // still in the map. Where each room resumes is taken before any is
+        // confirmed on it: a room first confirmed now missed nothing.
         inner.rooms.clear_pending();
         let all: Vec<String> = inner.rooms.map.lock().keys().cloned().collect();
+        let resume = recovery::resume_points(&inner);
         let mut channels: Vec<String> = all.iter().map(|r| inner.keys.channel(r)).collect();
         channels.push(inner.keys.control());
         if let Err(why) = link.subscribe(&channels).await {
@@ -81,7 +83,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
         if connections > 1 {
             inner.metrics.pubsub_reconnects.inc();
         }
-        recovery::recover_missed(&inner).await;
+        recovery::recover_missed(&inner, resume).await;
         inner.set_pubsub_health(Ok(()));
         backoff.reset();
         was_up = true;
@@ -154,7 +156,7 @@ async fn reconcile(
         let mut map = inner.rooms.map.lock();
         for room in changed {
             match map.get(&room) {
-                Some(st) if st.local > 0 => {
+                Some(st) if st.local() > 0 => {
                     lingering.remove(&room);
                     if !current.contains(&room) {
                         subscribe.push(room);
@@ -240,8 +242,8 @@ fn dispatch(inner: &Inner, msg: &Msg) {
         }
         st.last = Some(comment.clone());
     }
-    // An error only means no local subscription right now (lingering).
-    let _ = st.tx.send(event);
+    // Without a local subscription (lingering) this hands it to nobody.
+    st.fanout.send(event);
 }
 
 fn dispatch_control(inner: &Inner, payload: &[u8]) {

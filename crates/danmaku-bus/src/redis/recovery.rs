@@ -1,12 +1,23 @@
 //! Recovery of the comments a room missed while the pub/sub link was down.
 //!
-//! History is written in the same MULTI/EXEC as each publish, so it holds a
-//! room's comments in publish order. After a new link subscribed every
-//! room, each room that had received a comment gets, from history, the
-//! comments after its last one; those published after the new `SUBSCRIBE`
-//! also come live and are dropped then (`RoomState::recovered`). Bounded by
-//! history: beyond `history_len` missed comments, the oldest stay lost.
-//! Rooms that had not received any comment yet resume with live ones only.
+//! History is written in the same atomic script as each publish, so it
+//! holds a room's comments in publish order. After a new link subscribed
+//! every room, each room that was confirmed on an earlier link gets, from
+//! history, what it missed:
+//!
+//! - a room that had received a comment: the comments after its last one
+//!   (or, if that one left history, those stamped after it, minus the
+//!   clock-skew allowance);
+//! - a room that had not received any comment yet: the comments stamped
+//!   after its `SUBSCRIBE` was first confirmed, minus the same allowance
+//!   (comments are stamped by the instance that accepted them, whose clock
+//!   may lag this one's). Whatever came before that confirmation was never
+//!   promised to the room.
+//!
+//! Comments published after the new `SUBSCRIBE` also come live and are
+//! dropped then (`RoomState::recovered`), so nothing is delivered twice.
+//! Bounded by history: beyond `history_len` missed comments, the oldest
+//! stay lost. A room first confirmed on the new link missed nothing.
 //! Deletes are not history: one published during the outage is lost, but a
 //! comment removed from history meanwhile is not replayed either.
 
@@ -24,27 +35,42 @@ use crate::{now_ms, RoomEvent};
 /// timestamps set by different instances, in ms.
 const CLOCK_SKEW_MS: u64 = 5_000;
 
-/// Replays each served room's missed comments into its channel.
-pub(crate) async fn recover_missed(inner: &Inner) {
-    if inner.config.bus.history_len == 0 {
-        return;
-    }
-    let resume: Vec<(String, String, u64)> = inner
+/// Where a room's recovery starts.
+pub(crate) enum Resume {
+    /// After the last comment it received: its id and timestamp.
+    After(String, u64),
+    /// It received none: everything stamped since its subscription was
+    /// first confirmed, at this time (ms since the epoch).
+    Since(u64),
+}
+
+/// Where each room confirmed on an earlier link resumes. Taken before the
+/// new link confirms anything.
+pub(crate) fn resume_points(inner: &Inner) -> Vec<(String, Resume)> {
+    inner
         .rooms
         .map
         .lock()
         .iter()
         .filter_map(|(room, st)| {
-            let last = st.last.as_ref()?;
-            Some((room.clone(), last.id.clone(), last.ts))
+            let resume = match (&st.last, st.confirmed_ms) {
+                (Some(last), _) => Resume::After(last.id.clone(), last.ts),
+                (None, Some(ms)) => Resume::Since(ms),
+                (None, None) => return None,
+            };
+            Some((room.clone(), resume))
         })
-        .collect();
-    if resume.is_empty() {
+        .collect()
+}
+
+/// Replays each room's missed comments into its subscriptions.
+pub(crate) async fn recover_missed(inner: &Inner, resume: Vec<(String, Resume)>) {
+    if inner.config.bus.history_len == 0 || resume.is_empty() {
         return;
     }
     inner.metrics.recoveries.inc();
     let mut pipe = ::redis::pipe();
-    for (room, _, _) in &resume {
+    for (room, _) in &resume {
         pipe.cmd("LRANGE")
             .arg(inner.keys.history(room))
             .arg(0)
@@ -69,17 +95,26 @@ pub(crate) async fn recover_missed(inner: &Inner) {
         }
     };
     let (mut recovered, mut unknown) = (0usize, 0usize);
-    for ((room, last_id, last_ts), raw) in resume.iter().zip(histories) {
+    for ((room, resume), raw) in resume.iter().zip(histories) {
         let entries = decode_history(inner, room, &raw);
-        // Without the last one seen (trimmed away, expired, or gone with a
-        // Redis restart), every entry is newer than it: all were missed.
-        // Timestamps, allowing for clock skew between instances, guard
-        // against replaying older ones should an instance not keep history.
-        let missed: Vec<Arc<Danmaku>> = match entries.iter().position(|d| &d.id == last_id) {
-            Some(at) => entries[at + 1..].to_vec(),
-            None => {
-                unknown += 1;
-                let floor = last_ts.saturating_sub(CLOCK_SKEW_MS).max(oldest);
+        let missed: Vec<Arc<Danmaku>> = match resume {
+            Resume::After(last_id, last_ts) => {
+                match entries.iter().position(|d| &d.id == last_id) {
+                    Some(at) => entries[at + 1..].to_vec(),
+                    // Without the last one seen (trimmed away, expired, or
+                    // gone with a Redis restart), every entry is newer than
+                    // it: all were missed. Timestamps, allowing for clock
+                    // skew, guard against replaying older ones should an
+                    // instance not keep history.
+                    None => {
+                        unknown += 1;
+                        let floor = last_ts.saturating_sub(CLOCK_SKEW_MS).max(oldest);
+                        entries.into_iter().filter(|d| d.ts >= floor).collect()
+                    }
+                }
+            }
+            Resume::Since(confirmed_ms) => {
+                let floor = confirmed_ms.saturating_sub(CLOCK_SKEW_MS).max(oldest);
                 entries.into_iter().filter(|d| d.ts >= floor).collect()
             }
         };
@@ -94,7 +129,7 @@ pub(crate) async fn recover_missed(inner: &Inner) {
         for d in missed {
             st.recovered.insert(d.id.clone());
             st.last = Some(d.clone());
-            let _ = st.tx.send(RoomEvent::Comment(d));
+            st.fanout.send(RoomEvent::Comment(d));
         }
     }
     inner.metrics.recovered_comments.inc_by(recovered as u64);

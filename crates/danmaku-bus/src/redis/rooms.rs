@@ -1,12 +1,13 @@
-//! The rooms this instance serves: for each, the broadcast channel its
-//! [`Subscription`]s read, how many there are, and whether Redis confirmed
-//! the room's `SUBSCRIBE` on the current pub/sub connection.
+//! The rooms this instance serves: for each, the [`Fanout`] to its
+//! [`Subscription`]s' queues (see `subscription.rs`: each grows on demand
+//! up to `room_queue_max`, so a burst is not lost), and whether, and since
+//! when, Redis confirmed the room's `SUBSCRIBE`.
 //!
 //! Subscribing and unsubscribing here never touch Redis: they mark the room
 //! as pending and wake the pub/sub task, which batches the changes into as
 //! few commands as it can. A room outlives its last subscription by the
-//! linger, and its broadcast channel outlives pub/sub reconnects, so room
-//! tasks just see events resume.
+//! linger, and its subscriptions outlive pub/sub reconnects, so room tasks
+//! just see events resume.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -14,15 +15,16 @@ use std::time::Duration;
 
 use danmaku_proto::{Danmaku, RoomId};
 use parking_lot::Mutex;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::{BusMetrics, RoomEvent, Subscription};
+use crate::subscription::Fanout;
+use crate::{now_ms, BusMetrics, Subscription};
 
 /// The registry of served rooms, shared by subscriptions, the pub/sub task
 /// and the operations that wait for a room's subscription.
 pub(crate) struct Rooms {
-    room_buffer: usize,
+    room_queue_max: usize,
     metrics: BusMetrics,
     pub(crate) map: Mutex<HashMap<String, RoomState>>,
     /// Rooms whose wanted subscription may have changed since the pub/sub
@@ -34,14 +36,17 @@ pub(crate) struct Rooms {
 
 /// One served (or lingering) room.
 pub(crate) struct RoomState {
-    pub(crate) tx: broadcast::Sender<RoomEvent>,
-    /// Live [`Subscription`]s of this instance.
-    pub(crate) local: usize,
+    /// The queues of this instance's live [`Subscription`]s.
+    pub(crate) fanout: Fanout,
     /// When `local` last dropped to zero; `None` while it is above.
     pub(crate) idle_since: Option<Instant>,
     /// Whether Redis confirmed the room's `SUBSCRIBE` on the current pub/sub
     /// connection.
     pub(crate) subscribed: watch::Sender<bool>,
+    /// When Redis first confirmed the room's `SUBSCRIBE` (ms since the
+    /// epoch, this host's clock): where recovery starts for a room that has
+    /// not received any comment yet.
+    pub(crate) confirmed_ms: Option<u64>,
     /// The last comment handed to the room, where recovery resumes after a
     /// lost pub/sub connection.
     pub(crate) last: Option<Arc<Danmaku>>,
@@ -51,10 +56,18 @@ pub(crate) struct RoomState {
     pub(crate) recovered: HashSet<String>,
 }
 
+impl RoomState {
+    /// Live [`Subscription`]s of this instance.
+    pub(crate) fn local(&self) -> usize {
+        self.fanout.len()
+    }
+}
+
 /// Releases a subscription's interest in its room on drop.
 struct Guard {
     rooms: Weak<Rooms>,
     room: String,
+    id: u64,
 }
 
 impl Drop for Guard {
@@ -66,11 +79,11 @@ impl Drop for Guard {
             let mut map = rooms.map.lock();
             match map.get_mut(&self.room) {
                 Some(st) => {
-                    st.local = st.local.saturating_sub(1);
-                    if st.local == 0 {
+                    st.fanout.remove(self.id);
+                    if st.local() == 0 {
                         st.idle_since = Some(Instant::now());
                     }
-                    st.local == 0
+                    st.local() == 0
                 }
                 None => false,
             }
@@ -82,9 +95,9 @@ impl Drop for Guard {
 }
 
 impl Rooms {
-    pub(crate) fn new(room_buffer: usize, metrics: BusMetrics) -> Rooms {
+    pub(crate) fn new(room_queue_max: usize, metrics: BusMetrics) -> Rooms {
         Rooms {
-            room_buffer: room_buffer.max(1),
+            room_queue_max: room_queue_max.max(1),
             metrics,
             map: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashSet::new()),
@@ -95,24 +108,26 @@ impl Rooms {
     /// A new subscription to `room`, asking the pub/sub task to subscribe
     /// the room if this instance did not serve it.
     pub(crate) fn subscribe(self: &Arc<Self>, room: &RoomId) -> Subscription {
-        let (rx, was_idle) = {
+        let ((id, queue), was_idle) = {
             let mut map = self.map.lock();
             let st = map.entry(room.as_str().to_owned()).or_insert_with(|| {
                 self.metrics.subscribed_rooms.inc();
                 RoomState {
-                    tx: broadcast::channel(self.room_buffer).0,
-                    local: 0,
+                    fanout: Fanout::default(),
                     idle_since: None,
                     subscribed: watch::channel(false).0,
+                    confirmed_ms: None,
                     last: None,
                     recovered: HashSet::new(),
                 }
             });
             // New, or lingering: the pub/sub task must (re)consider it.
-            let was_idle = st.local == 0;
-            st.local += 1;
+            let was_idle = st.local() == 0;
             st.idle_since = None;
-            (st.tx.subscribe(), was_idle)
+            let added = st
+                .fanout
+                .add(self.room_queue_max, self.metrics.room_events_shed.clone());
+            (added, was_idle)
         };
         if was_idle {
             self.mark(room.as_str().to_owned());
@@ -120,8 +135,9 @@ impl Rooms {
         let guard = Guard {
             rooms: Arc::downgrade(self),
             room: room.as_str().to_owned(),
+            id,
         };
-        Subscription::new(rx, Box::new(guard))
+        Subscription::new(queue, Box::new(guard))
     }
 
     /// Tells the pub/sub task to look at `room` again.
@@ -145,7 +161,7 @@ impl Rooms {
     /// the locked map so the caller decides the whole batch under one lock.
     pub(crate) fn forget_if_idle(&self, map: &mut HashMap<String, RoomState>, room: &str) -> bool {
         match map.get(room) {
-            Some(st) if st.local == 0 => {
+            Some(st) if st.local() == 0 => {
                 map.remove(room);
                 self.metrics.subscribed_rooms.dec();
                 true
@@ -155,15 +171,20 @@ impl Rooms {
     }
 
     /// Marks rooms as subscribed (or not) on the current connection,
-    /// releasing operations that waited for it.
+    /// releasing operations that waited for it; a first confirmation is
+    /// remembered for recovery.
     pub(crate) fn set_subscribed<'a>(
         &self,
         rooms: impl IntoIterator<Item = &'a String>,
         yes: bool,
     ) {
-        let map = self.map.lock();
+        let now = now_ms();
+        let mut map = self.map.lock();
         for room in rooms {
-            if let Some(st) = map.get(room) {
+            if let Some(st) = map.get_mut(room) {
+                if yes && st.confirmed_ms.is_none() {
+                    st.confirmed_ms = Some(now);
+                }
                 st.subscribed.send_replace(yes);
             }
         }
