@@ -71,7 +71,7 @@ impl ServerMetrics {
         let by_reason = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "danmaku_connections_refused",
-            "TCP connections refused at accept or closed before a request arrived, by reason",
+            "TCP connections refused at accept or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
             by_reason.clone(),
         );
         let reason = |reason| by_reason.get_or_create(&ReasonLabel { reason }).clone();
