@@ -26,6 +26,8 @@ LOADGEN_BIN=$ROOT/target/release/danmaku-loadgen
 # environment win.
 export DANMAKU_POST_RATE_COUNT=${DANMAKU_POST_RATE_COUNT:-1000000}
 export DANMAKU_POST_BURST=${DANMAKU_POST_BURST:-1000000}
+# Every load generator connection comes from one address: no per-address cap.
+export DANMAKU_MAX_CONNECTIONS_PER_IP=${DANMAKU_MAX_CONNECTIONS_PER_IP:-0}
 export DANMAKU_LISTEN=${DANMAKU_LISTEN:-127.0.0.1:0}
 export DANMAKU_LOG_FORMAT=json
 export RUST_LOG=${RUST_LOG:-info}

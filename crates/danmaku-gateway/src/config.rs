@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 pub const ENV_PREFIX: &str = "DANMAKU";
 /// The config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/default.toml";
+/// The smallest `http_max_header_bytes` accepted: below it ordinary
+/// browsers could not even open a WebSocket.
+const MIN_HEADER_BYTES: usize = 1024;
 
 /// Every setting of a gateway process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +55,19 @@ pub struct Settings {
     pub bad_frame_window_ms: u64,
     /// Most simultaneous WebSocket connections; beyond, upgrades get HTTP 503.
     pub max_connections: usize,
+    /// Most open TCP connections (HTTP and WebSocket alike) from one client
+    /// address, IPv6 counted per /64; more are refused at accept. 0 = no cap.
+    pub max_connections_per_ip: u32,
+
+    /// A new connection whose first request has not fully arrived within
+    /// this is closed, in ms: silent sockets and slowloris requests hold
+    /// no descriptor for long.
+    pub http_header_timeout_ms: u64,
+    /// A keep-alive HTTP connection whose next request has not fully arrived
+    /// this long after the previous response is closed, in ms.
+    pub http_idle_timeout_ms: u64,
+    /// Largest request line plus headers, in bytes; larger gets 431 and a close.
+    pub http_max_header_bytes: usize,
 
     /// How long a busy room gathers events into one `batch` frame, in ms.
     pub flush_window_ms: u64,
@@ -117,6 +133,10 @@ impl Default for Settings {
             bad_frame_limit: 10,
             bad_frame_window_ms: 60_000,
             max_connections: 100_000,
+            max_connections_per_ip: 50,
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 30_000,
+            http_max_header_bytes: 16 * 1024,
             flush_window_ms: 50,
             max_batch_items: 256,
             outbox_frames: 128,
@@ -189,7 +209,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 15] = [
+        let positive: [(&'static str, u64); 17] = [
             ("max_text_chars", self.max_text_chars.into()),
             ("max_frame_bytes", self.max_frame_bytes.into()),
             ("post_rate_count", self.post_rate_count.into()),
@@ -205,6 +225,8 @@ impl Settings {
             ("online_interval_ms", self.online_interval_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("bus_timeout_ms", self.bus_timeout_ms),
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_idle_timeout_ms", self.http_idle_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -224,6 +246,14 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "max_write_buffer_bytes",
                 reason: "must be larger than write_buffer_bytes".into(),
+            });
+        }
+        if self.http_max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::Invalid {
+                key: "http_max_header_bytes",
+                reason: format!(
+                    "must be at least {MIN_HEADER_BYTES}: a browser's WebSocket handshake alone takes several hundred bytes"
+                ),
             });
         }
         if self.heartbeat_ttl_ms <= self.heartbeat_interval_ms {
@@ -291,6 +321,17 @@ impl Settings {
         }
     }
 
+    /// What the accept loop and each HTTP connection need.
+    pub(crate) fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            header_timeout: ms(self.http_header_timeout_ms),
+            idle_timeout: ms(self.http_idle_timeout_ms),
+            max_header_bytes: self.http_max_header_bytes,
+            max_per_ip: self.max_connections_per_ip,
+            send_buffer: self.tcp_send_buffer_bytes,
+        }
+    }
+
     /// How room tasks batch and fan out.
     pub(crate) fn fanout_config(&self) -> FanoutConfig {
         FanoutConfig {
@@ -326,6 +367,23 @@ pub(crate) struct ConnConfig {
     pub(crate) max_write_buffer_bytes: usize,
     /// Largest client frame and message.
     pub(crate) max_frame_bytes: usize,
+}
+
+/// The settings of the accept loop and its HTTP connections, built once
+/// from [`Settings`].
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig {
+    /// The first request of a connection must have fully arrived by then.
+    pub(crate) header_timeout: Duration,
+    /// Every later request must have fully arrived this long after the
+    /// previous response.
+    pub(crate) idle_timeout: Duration,
+    /// Largest request head; larger gets 431.
+    pub(crate) max_header_bytes: usize,
+    /// Most TCP connections per client address (IPv6: per /64); 0 = no cap.
+    pub(crate) max_per_ip: u32,
+    /// SO_SNDBUF of accepted sockets; 0 leaves the kernel's autotuning.
+    pub(crate) send_buffer: usize,
 }
 
 /// Milliseconds as a `Duration`.
@@ -391,6 +449,9 @@ mod tests {
             ("DANMAKU_MAX_TEXT_CHARS", "many"),
             ("DANMAKU_FLUSH_WINDOW_MS", "0"),
             ("DANMAKU_LOG_FORMAT", "xml"),
+            ("DANMAKU_HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("DANMAKU_HTTP_IDLE_TIMEOUT_MS", "0"),
+            ("DANMAKU_HTTP_MAX_HEADER_BYTES", "100"),
         ] {
             let err = Settings::load(None, env(&[(key, value)]))
                 .unwrap_err()

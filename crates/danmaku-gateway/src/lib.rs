@@ -19,13 +19,13 @@ mod metrics;
 mod outbox;
 mod presence;
 mod rooms;
+mod server;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use danmaku_bus::{Bus, EmbeddedBus};
 use danmaku_moderation::Moderator;
 use danmaku_proto::{Limits, MAX_NONCE_BYTES};
@@ -150,19 +150,6 @@ fn build_bus(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Bus>, Gat
     Ok(Arc::new(bus))
 }
 
-/// Sets options on an accepted socket: no Nagle delay (frames are already
-/// gathered per flush), and the configured send buffer.
-fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "Setting TCP_NODELAY failed");
-    }
-    if send_buffer > 0 {
-        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer) {
-            tracing::debug!(error = %e, "Setting SO_SNDBUF failed");
-        }
-    }
-}
-
 /// Pulse channels; connection n listens to pulse n % PULSE_PHASES.
 const PULSE_PHASES: usize = 8;
 
@@ -188,8 +175,10 @@ async fn run_pulses(
 }
 
 /// Serves HTTP and WebSocket on `listener` until `shutdown` completes, then
-/// closes every socket with 1001, waits up to `shutdown_grace_ms` for them,
-/// and returns.
+/// stops accepting, closes every socket with 1001, waits up to
+/// `shutdown_grace_ms` for them, drops what is left, leaves the fleet and
+/// returns: within `shutdown_grace_ms` plus the bus's own bound on `leave`,
+/// whatever clients do.
 pub async fn run(
     listener: TcpListener,
     settings: Settings,
@@ -260,20 +249,20 @@ pub async fn run(
     ));
 
     tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
-    let app =
-        http::router(gw.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let send_buffer = settings.tcp_send_buffer_bytes;
-    let listener = listener.tap_io(move |tcp| tune_socket(tcp, send_buffer));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("Shutting down: closing sockets with 1001");
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    let server = Arc::new(server::Server::new(
+        settings.server_config(),
+        http::router(gw.clone()),
+        gw.metrics.server.clone(),
+    ));
+    let draining = server::accept_until(listener, server, gw.shutdown.clone(), shutdown).await;
+    tracing::info!("Shutting down: closing sockets with 1001");
+    let _ = stop_tx.send(true);
 
-    let grace = ms(settings.shutdown_grace_ms);
-    let deadline = tokio::time::Instant::now() + grace;
+    // Everything below is bounded by the deadline, whatever clients do:
+    // HTTP connections still open then are dropped, and WebSockets have
+    // been told 1001 and are not waited for any longer.
+    let deadline = tokio::time::Instant::now() + ms(settings.shutdown_grace_ms);
+    draining.finish(deadline).await;
     while gw.connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -24,6 +24,69 @@ struct CodeLabel {
     code: &'static str,
 }
 
+/// Label of the refused-connections counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Counters of the accept loop and HTTP connections, resolved to plain
+/// handles at start like the reject counters.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerMetrics {
+    /// Open TCP connections: HTTP and WebSocket alike.
+    pub(crate) tcp_connections: Gauge,
+    /// `accept` calls that failed (out of descriptors, aborted handshakes).
+    pub(crate) accept_errors: Counter,
+    /// Connections refused at accept: their address had
+    /// `max_connections_per_ip` open.
+    pub(crate) refused_per_ip: Counter,
+    /// Connections closed because their first request did not arrive
+    /// within `http_header_timeout_ms`.
+    pub(crate) header_timeouts: Counter,
+    /// Keep-alive connections closed because no next request arrived
+    /// within `http_idle_timeout_ms`.
+    pub(crate) idle_timeouts: Counter,
+    /// Requests refused (431) for a head over `http_max_header_bytes`.
+    pub(crate) headers_too_large: Counter,
+    /// HTTP connections still open at the shutdown deadline, dropped.
+    pub(crate) shutdown_dropped: Counter,
+}
+
+impl ServerMetrics {
+    /// Builds the handles and registers them in `registry`.
+    fn new(registry: &mut Registry) -> ServerMetrics {
+        let tcp_connections = Gauge::default();
+        registry.register(
+            "danmaku_tcp_connections",
+            "Open TCP connections, HTTP and WebSocket",
+            tcp_connections.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "danmaku_accept_errors",
+            "Failed accepts (e.g. out of file descriptors)",
+            accept_errors.clone(),
+        );
+        let by_reason = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "danmaku_connections_refused",
+            "TCP connections refused at accept or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
+            by_reason.clone(),
+        );
+        let reason = |reason| by_reason.get_or_create(&ReasonLabel { reason }).clone();
+        ServerMetrics {
+            tcp_connections,
+            accept_errors,
+            refused_per_ip: reason("per_ip_limit"),
+            header_timeouts: reason("header_timeout"),
+            idle_timeouts: reason("idle_timeout"),
+            headers_too_large: reason("header_too_large"),
+            shutdown_dropped: reason("shutdown_deadline"),
+        }
+    }
+}
+
 /// Every reject code; rejects are counted per code.
 const REJECT_CODES: [RejectCode; RejectCode::ALL.len()] = RejectCode::ALL;
 
@@ -75,6 +138,8 @@ pub(crate) struct Metrics {
     pub(crate) fanout: FanoutMetrics,
     /// The bus's own counters (reconnects, recoveries, unknown events).
     pub(crate) bus: BusMetrics,
+    /// The accept loop's and HTTP connections' counters.
+    pub(crate) server: ServerMetrics,
 }
 
 impl Metrics {
@@ -151,6 +216,7 @@ impl Metrics {
         registry.register("danmaku_build", "Build and instance information", info);
         let bus = BusMetrics::default();
         bus.register(&mut registry);
+        let server = ServerMetrics::new(&mut registry);
         Metrics {
             registry,
             connections,
@@ -159,6 +225,7 @@ impl Metrics {
             rejected,
             fanout,
             bus,
+            server,
         }
     }
 
@@ -201,6 +268,10 @@ mod tests {
             "danmaku_posts_rejected_total{code=\"empty\"} 0",
             "danmaku_max_queued_frames 7",
             "danmaku_build_info{version=",
+            "danmaku_accept_errors_total 0",
+            "danmaku_tcp_connections 0",
+            "danmaku_connections_refused_total{reason=\"per_ip_limit\"} 0",
+            "danmaku_connections_refused_total{reason=\"header_timeout\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

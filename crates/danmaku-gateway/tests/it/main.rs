@@ -2,6 +2,7 @@
 //! a module per area, all through the public WebSocket and HTTP surface.
 
 mod cluster;
+mod hardening;
 mod limits;
 mod observability;
 mod protocol;

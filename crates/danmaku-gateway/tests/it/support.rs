@@ -414,9 +414,28 @@ impl GatewayProcess {
     /// to `instance_id`, `DANMAKU_LISTEN` on a free port, plus `env`; waits
     /// until it says it listens.
     pub(crate) async fn spawn(instance_id: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        Self::spawn_limited(instance_id, env, None).await
+    }
+
+    /// Like `spawn`, with at most `fd_limit` open file descriptors (the
+    /// shell's `ulimit -n`) when given.
+    pub(crate) async fn spawn_limited(
+        instance_id: &str,
+        env: &[(&str, &str)],
+        fd_limit: Option<u32>,
+    ) -> GatewayProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku-gateway"))
+        let binary = env!("CARGO_BIN_EXE_danmaku-gateway");
+        let mut command = match fd_limit {
+            None => Command::new(binary),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), binary]);
+                sh
+            }
+        };
+        let mut child = command
             .env("DANMAKU_LISTEN", "127.0.0.1:0")
             .env("DANMAKU_INSTANCE_ID", instance_id)
             .env("DANMAKU_LOG_FORMAT", "json")
