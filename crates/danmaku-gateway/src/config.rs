@@ -104,8 +104,12 @@ pub struct Settings {
     pub history_len: usize,
     /// Comments older than this are left out of `hello.recent`, in ms.
     pub history_max_age_ms: u64,
-    /// Comments buffered per room between bus and room task.
-    pub room_buffer: usize,
+    /// Most unread events one room's bus subscription holds before the
+    /// oldest are dropped (counted); nothing is preallocated.
+    pub room_queue_max: usize,
+    /// Embedded bus: total bytes of every room's history; beyond it the
+    /// history of the room written longest ago is dropped.
+    pub history_max_bytes: usize,
     /// Interval of presence heartbeats (online counts to the bus), in ms.
     pub heartbeat_interval_ms: u64,
     /// A heartbeat expires after this, so a dead instance leaves the counts, in ms.
@@ -152,7 +156,8 @@ impl Default for Settings {
             max_write_buffer_bytes: 256 * 1024,
             history_len: 50,
             history_max_age_ms: 600_000,
-            room_buffer: 256,
+            room_queue_max: 65_536,
+            history_max_bytes: 64 * 1024 * 1024,
             heartbeat_interval_ms: 2_000,
             heartbeat_ttl_ms: 15_000,
             unsubscribe_linger_ms: 10_000,
@@ -209,8 +214,9 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 18] = [
             ("max_text_chars", self.max_text_chars.into()),
+            ("room_queue_max", self.room_queue_max as u64),
             ("max_frame_bytes", self.max_frame_bytes.into()),
             ("post_rate_count", self.post_rate_count.into()),
             ("post_window_ms", self.post_window_ms),
@@ -300,7 +306,8 @@ impl Settings {
         BusConfig {
             history_len: self.history_len,
             history_max_age: ms(self.history_max_age_ms),
-            room_buffer: self.room_buffer,
+            room_queue_max: self.room_queue_max,
+            history_max_bytes: self.history_max_bytes,
             op_timeout: ms(self.bus_timeout_ms),
         }
     }
