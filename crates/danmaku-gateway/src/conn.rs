@@ -28,6 +28,8 @@ use crate::{cmd, ConnSlot, Gateway};
 
 /// Close code for a server going down (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
+/// Close code for a client that broke the WebSocket framing rules.
+const PROTOCOL_ERROR: u16 = 1002;
 /// Close code for invalid UTF-8 in a text frame.
 const INVALID_PAYLOAD: u16 = 1007;
 /// Close code for a policy violation: too slow, too many bad frames.
@@ -40,8 +42,15 @@ const NORMAL: u16 = 1000;
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client closed or the socket failed: nothing more to say.
+    /// The socket failed or the peer vanished: nothing can be said.
     Gone,
+    /// The client sent a close frame: it gets the answer tungstenite queued
+    /// (its own code echoed), flushed before the socket is dropped.
+    ClientClosed,
+    /// The client broke RFC 6455 framing: an unmasked frame, reserved bits
+    /// or opcodes, bad fragmentation, an oversized or fragmented control
+    /// frame, a bad close frame.
+    Protocol,
     /// The server is shutting down.
     GoingAway,
     /// The outbox stayed full, or a write stalled, for `slow_close_ms`.
@@ -59,7 +68,8 @@ enum End {
 impl End {
     fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
-            End::Gone => None,
+            End::Gone | End::ClientClosed => None,
+            End::Protocol => Some((PROTOCOL_ERROR, "protocol error")),
             End::GoingAway => Some((GOING_AWAY, "going away")),
             End::TooSlow => Some((POLICY, "too slow")),
             End::BadFrames => Some((POLICY, "too many bad frames")),
@@ -302,7 +312,7 @@ impl Conn {
             Message::Binary(bytes) => self.on_frame(Format::MsgPack, &bytes).await,
             // tungstenite answers pings itself; both only prove liveness.
             Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => Some(End::Gone),
+            Message::Close(_) => Some(End::ClientClosed),
         }
     }
 
@@ -357,6 +367,15 @@ impl Conn {
     /// Sends the close frame `end` calls for, then waits briefly for the
     /// client's answer so the close is clean rather than a reset.
     async fn finish(&mut self, end: End) {
+        let patience = Duration::from_secs(1);
+        if end == End::ClientClosed {
+            // tungstenite queued the answer (the client's code echoed, or
+            // 1002 for a code that may not be sent) when it read the close;
+            // only a flush puts it on the wire, and without it every
+            // well-behaved client would see an abnormal closure.
+            let _ = tokio::time::timeout(patience, self.ws.flush()).await;
+            return;
+        }
         let Some((code, reason)) = end.close_frame() else {
             return;
         };
@@ -364,7 +383,6 @@ impl Conn {
             code,
             reason: reason.into(),
         }));
-        let patience = Duration::from_secs(1);
         if !matches!(
             tokio::time::timeout(patience, self.ws.send(close)).await,
             Ok(Ok(()))
@@ -385,12 +403,18 @@ impl Conn {
     }
 }
 
-/// Maps a read error to how the connection ends.
+/// Maps a read error to how the connection ends. A framing violation is
+/// answered with 1002 as RFC 6455 §7.4.1 asks, rather than by dropping the
+/// socket (which clients report as 1006); a peer that vanished without a
+/// close frame gets nothing, since nothing would reach it.
 fn classify(e: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(e) => match *e {
             tungstenite::Error::Capacity(_) => End::TooBig,
             tungstenite::Error::Utf8(_) => End::BadUtf8,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+            tungstenite::Error::Protocol(_) => End::Protocol,
             _ => End::Gone,
         },
         Err(_) => End::Gone,

@@ -1,10 +1,13 @@
 //! Integration tests of the gateway over real sockets: one test binary with
 //! a module per area, all through the public WebSocket and HTTP surface.
 
+mod closing;
 mod cluster;
+mod handshake;
 mod limits;
 mod observability;
 mod protocol;
+mod raw;
 mod shutdown;
 mod slow;
 mod support;
