@@ -98,6 +98,21 @@ pub struct StatsResponse {
     pub max_queued_frames: u64,
     /// The configured queue capacity, for comparison.
     pub outbox_frames: u64,
+    /// The most bytes of comments and counts one viewer's queue held since
+    /// start: at most `outbox_bytes`, unless a single frame was larger.
+    #[serde(default)]
+    pub max_queued_bytes: u64,
+    /// The configured queue capacity in bytes, for comparison.
+    #[serde(default)]
+    pub outbox_bytes: u64,
+    /// The most bytes one connection handed the WebSocket layer before
+    /// waiting for its socket, since start: at most
+    /// `max_write_buffer_bytes`, unless a single frame was larger.
+    #[serde(default)]
+    pub max_write_buffered_bytes: u64,
+    /// The configured bound of that, for comparison.
+    #[serde(default)]
+    pub max_write_buffer_bytes: u64,
 }
 
 pub(crate) async fn rooms(State(gw): State<Arc<Gateway>>) -> Json<RoomsResponse> {
@@ -143,6 +158,10 @@ pub(crate) async fn stats(State(gw): State<Arc<Gateway>>) -> Json<StatsResponse>
         bus_lagged: f.bus_lagged.get(),
         max_queued_frames: f.max_queued.get().max(0) as u64,
         outbox_frames: gw.conn.outbox_frames as u64,
+        max_queued_bytes: f.max_queued_bytes.get().max(0) as u64,
+        outbox_bytes: gw.conn.outbox_bytes as u64,
+        max_write_buffered_bytes: f.max_write_buffered.get().max(0) as u64,
+        max_write_buffer_bytes: gw.conn.max_write_buffer_bytes as u64,
     })
 }
 

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 
 use crate::frame::Frame;
+use crate::metrics::raise_mark;
 use crate::outbox::{Drained, Outbox};
 use crate::rooms::{Membership, Variant};
 use crate::{cmd, ConnSlot, Gateway};
@@ -139,6 +140,8 @@ pub(crate) fn start(
     let outbox = Arc::new(Outbox::new(
         gw.conn.outbox_frames,
         gw.conn.outbox_must_frames,
+        gw.conn.outbox_bytes,
+        gw.metrics.fanout.max_queued_bytes.clone(),
     ));
     let variant = Variant {
         format: viewer.format,
@@ -210,6 +213,22 @@ async fn fetch_recent(gw: &Gateway, room: &RoomId) -> Vec<Danmaku> {
     }
 }
 
+/// Bytes a frame takes on the wire: the payload and an unmasked server
+/// frame header (RFC 6455 §5.2).
+fn wire_len(frame: &Frame) -> usize {
+    let payload = match frame {
+        Frame::Text(text) => text.as_str().len(),
+        Frame::Binary(bytes) => bytes.len(),
+        Frame::Ping => 0,
+    };
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    payload + header
+}
+
 /// The WebSocket message for a frame: a reference-count clone, no copy.
 fn to_message(frame: Frame) -> Message {
     match frame {
@@ -272,16 +291,32 @@ impl Conn {
         }
     }
 
-    /// Writes `frames` (control frames first, as drained) with one flush.
-    /// Gives up, as too slow, when the write does not finish within
-    /// `slow_close_ms` or the outbox marks the connection evicted meanwhile.
+    /// Writes `frames` (control frames first, as drained), flushing once at
+    /// the end, or earlier whenever the next frame would take what sits in
+    /// the WebSocket layer's buffer over `max_write_buffer_bytes`: then the
+    /// write waits for the socket instead of buffering more, so a client
+    /// that stops reading costs at most that much here (one frame alone
+    /// when a frame is larger). Gives up, as too slow, when the write does
+    /// not finish within `slow_close_ms` or the outbox marks the connection
+    /// evicted meanwhile.
     async fn write(&mut self, frames: Vec<Frame>) -> Result<(), End> {
         let limit = self.gw.conn.slow_close;
+        let cap = self.gw.conn.max_write_buffer_bytes;
+        let mark = &self.gw.metrics.fanout.max_write_buffered;
         let ws = &mut self.ws;
         let write = async move {
+            let (mut buffered, mut most) = (0, 0);
             for frame in frames {
+                let len = wire_len(&frame);
+                if buffered > 0 && buffered + len > cap {
+                    ws.flush().await?;
+                    buffered = 0;
+                }
+                buffered += len;
+                most = usize::max(most, buffered);
                 ws.feed(to_message(frame)).await?;
             }
+            raise_mark(mark, most);
             ws.flush().await
         };
         let mut write = std::pin::pin!(write);

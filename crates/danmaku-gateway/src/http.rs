@@ -200,7 +200,10 @@ async fn ws_upgrade(
     upgrade
         .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
-        .max_write_buffer_size(c.max_write_buffer_bytes)
+        // The connection bounds what it buffers by waiting for the socket
+        // (`max_write_buffer_bytes`, in `conn.rs`); tungstenite's own cap
+        // would fail a write instead, so it is left unbounded.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(c.max_frame_bytes)
         .max_frame_size(c.max_frame_bytes)
         .on_upgrade(move |ws| {

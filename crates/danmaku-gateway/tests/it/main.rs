@@ -5,6 +5,7 @@ mod closing;
 mod cluster;
 mod handshake;
 mod limits;
+mod memory;
 mod observability;
 mod protocol;
 mod raw;
