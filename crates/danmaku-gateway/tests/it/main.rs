@@ -3,6 +3,7 @@
 
 mod closing;
 mod cluster;
+mod decoding;
 mod handshake;
 mod limits;
 mod memory;
