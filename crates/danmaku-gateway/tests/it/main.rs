@@ -8,6 +8,7 @@ mod handshake;
 mod limits;
 mod memory;
 mod observability;
+mod pagination;
 mod protocol;
 mod raw;
 mod shutdown;
