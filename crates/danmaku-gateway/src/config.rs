@@ -78,6 +78,8 @@ pub struct Settings {
     /// Must-arrive frames (recalls) queued per connection; one more closes
     /// the connection as too slow, since they are never dropped.
     pub outbox_must_frames: usize,
+    /// Bytes of comments and counts queued per connection before the oldest are dropped.
+    pub outbox_bytes: usize,
     /// A connection whose queue stays full this long is closed (1008 "too slow"), in ms.
     pub slow_close_ms: u64,
     /// Interval of WebSocket pings, in ms.
@@ -97,7 +99,7 @@ pub struct Settings {
     pub read_buffer_bytes: usize,
     /// tungstenite write buffer per connection: writes are gathered up to this, in bytes.
     pub write_buffer_bytes: usize,
-    /// Hard cap of a connection's write buffer, in bytes.
+    /// Most bytes a connection buffers for its socket; a write beyond waits for the socket.
     pub max_write_buffer_bytes: usize,
 
     /// Comments kept per room for `hello.recent`.
@@ -145,15 +147,16 @@ impl Default for Settings {
             max_batch_items: 256,
             outbox_frames: 128,
             outbox_must_frames: 64,
+            outbox_bytes: 16 * 1024,
             slow_close_ms: 10_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             online_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
-            tcp_send_buffer_bytes: 0,
+            tcp_send_buffer_bytes: 16 * 1024,
             read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
-            max_write_buffer_bytes: 256 * 1024,
+            max_write_buffer_bytes: 16 * 1024,
             history_len: 50,
             history_max_age_ms: 600_000,
             room_queue_max: 65_536,
@@ -214,7 +217,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 18] = [
+        let positive: [(&'static str, u64); 19] = [
             ("max_text_chars", self.max_text_chars.into()),
             ("room_queue_max", self.room_queue_max as u64),
             ("max_frame_bytes", self.max_frame_bytes.into()),
@@ -226,6 +229,7 @@ impl Settings {
             ("max_batch_items", self.max_batch_items as u64),
             ("outbox_frames", self.outbox_frames as u64),
             ("outbox_must_frames", self.outbox_must_frames as u64),
+            ("outbox_bytes", self.outbox_bytes as u64),
             ("ping_interval_ms", self.ping_interval_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("online_interval_ms", self.online_interval_ms),
@@ -321,6 +325,7 @@ impl Settings {
             bad_frame_window: ms(self.bad_frame_window_ms),
             outbox_frames: self.outbox_frames,
             outbox_must_frames: self.outbox_must_frames,
+            outbox_bytes: self.outbox_bytes,
             read_buffer_bytes: self.read_buffer_bytes,
             write_buffer_bytes: self.write_buffer_bytes,
             max_write_buffer_bytes: self.max_write_buffer_bytes,
@@ -366,11 +371,13 @@ pub(crate) struct ConnConfig {
     pub(crate) outbox_frames: usize,
     /// Must-arrive room frames queued per connection.
     pub(crate) outbox_must_frames: usize,
+    /// Room-frame bytes queued per connection.
+    pub(crate) outbox_bytes: usize,
     /// WebSocket read buffer.
     pub(crate) read_buffer_bytes: usize,
     /// WebSocket write buffer, flushed when full.
     pub(crate) write_buffer_bytes: usize,
-    /// Hard cap of the WebSocket write buffer.
+    /// Most bytes buffered for the socket before a write waits for it.
     pub(crate) max_write_buffer_bytes: usize,
     /// Largest client frame and message.
     pub(crate) max_frame_bytes: usize,

@@ -22,12 +22,15 @@ use tokio_tungstenite::tungstenite;
 use tracing::Instrument;
 
 use crate::frame::Frame;
+use crate::metrics::raise_mark;
 use crate::outbox::{Drained, Outbox};
 use crate::rooms::{Membership, Variant};
 use crate::{cmd, ConnSlot, Gateway};
 
 /// Close code for a server going down (RFC 6455 §7.4.1).
 const GOING_AWAY: u16 = 1001;
+/// Close code for a client that broke the WebSocket framing rules.
+const PROTOCOL_ERROR: u16 = 1002;
 /// Close code for invalid UTF-8 in a text frame.
 const INVALID_PAYLOAD: u16 = 1007;
 /// Close code for a policy violation: too slow, too many bad frames.
@@ -40,8 +43,15 @@ const NORMAL: u16 = 1000;
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client closed or the socket failed: nothing more to say.
+    /// The socket failed or the peer vanished: nothing can be said.
     Gone,
+    /// The client sent a close frame: it gets the answer tungstenite queued
+    /// (its own code echoed), flushed before the socket is dropped.
+    ClientClosed,
+    /// The client broke RFC 6455 framing: an unmasked frame, reserved bits
+    /// or opcodes, bad fragmentation, an oversized or fragmented control
+    /// frame, a bad close frame.
+    Protocol,
     /// The server is shutting down.
     GoingAway,
     /// The outbox stayed full, or a write stalled, for `slow_close_ms`.
@@ -59,7 +69,8 @@ enum End {
 impl End {
     fn close_frame(self) -> Option<(u16, &'static str)> {
         match self {
-            End::Gone => None,
+            End::Gone | End::ClientClosed => None,
+            End::Protocol => Some((PROTOCOL_ERROR, "protocol error")),
             End::GoingAway => Some((GOING_AWAY, "going away")),
             End::TooSlow => Some((POLICY, "too slow")),
             End::BadFrames => Some((POLICY, "too many bad frames")),
@@ -129,6 +140,8 @@ pub(crate) fn start(
     let outbox = Arc::new(Outbox::new(
         gw.conn.outbox_frames,
         gw.conn.outbox_must_frames,
+        gw.conn.outbox_bytes,
+        gw.metrics.fanout.max_queued_bytes.clone(),
     ));
     let variant = Variant {
         format: viewer.format,
@@ -200,6 +213,22 @@ async fn fetch_recent(gw: &Gateway, room: &RoomId) -> Vec<Danmaku> {
     }
 }
 
+/// Bytes a frame takes on the wire: the payload and an unmasked server
+/// frame header (RFC 6455 §5.2).
+fn wire_len(frame: &Frame) -> usize {
+    let payload = match frame {
+        Frame::Text(text) => text.as_str().len(),
+        Frame::Binary(bytes) => bytes.len(),
+        Frame::Ping => 0,
+    };
+    let header = match payload {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    };
+    payload + header
+}
+
 /// The WebSocket message for a frame: a reference-count clone, no copy.
 fn to_message(frame: Frame) -> Message {
     match frame {
@@ -262,16 +291,32 @@ impl Conn {
         }
     }
 
-    /// Writes `frames` (control frames first, as drained) with one flush.
-    /// Gives up, as too slow, when the write does not finish within
-    /// `slow_close_ms` or the outbox marks the connection evicted meanwhile.
+    /// Writes `frames` (control frames first, as drained), flushing once at
+    /// the end, or earlier whenever the next frame would take what sits in
+    /// the WebSocket layer's buffer over `max_write_buffer_bytes`: then the
+    /// write waits for the socket instead of buffering more, so a client
+    /// that stops reading costs at most that much here (one frame alone
+    /// when a frame is larger). Gives up, as too slow, when the write does
+    /// not finish within `slow_close_ms` or the outbox marks the connection
+    /// evicted meanwhile.
     async fn write(&mut self, frames: Vec<Frame>) -> Result<(), End> {
         let limit = self.gw.conn.slow_close;
+        let cap = self.gw.conn.max_write_buffer_bytes;
+        let mark = &self.gw.metrics.fanout.max_write_buffered;
         let ws = &mut self.ws;
         let write = async move {
+            let (mut buffered, mut most) = (0, 0);
             for frame in frames {
+                let len = wire_len(&frame);
+                if buffered > 0 && buffered + len > cap {
+                    ws.flush().await?;
+                    buffered = 0;
+                }
+                buffered += len;
+                most = usize::max(most, buffered);
                 ws.feed(to_message(frame)).await?;
             }
+            raise_mark(mark, most);
             ws.flush().await
         };
         let mut write = std::pin::pin!(write);
@@ -302,7 +347,7 @@ impl Conn {
             Message::Binary(bytes) => self.on_frame(Format::MsgPack, &bytes).await,
             // tungstenite answers pings itself; both only prove liveness.
             Message::Ping(_) | Message::Pong(_) => None,
-            Message::Close(_) => Some(End::Gone),
+            Message::Close(_) => Some(End::ClientClosed),
         }
     }
 
@@ -357,6 +402,15 @@ impl Conn {
     /// Sends the close frame `end` calls for, then waits briefly for the
     /// client's answer so the close is clean rather than a reset.
     async fn finish(&mut self, end: End) {
+        let patience = Duration::from_secs(1);
+        if end == End::ClientClosed {
+            // tungstenite queued the answer (the client's code echoed, or
+            // 1002 for a code that may not be sent) when it read the close;
+            // only a flush puts it on the wire, and without it every
+            // well-behaved client would see an abnormal closure.
+            let _ = tokio::time::timeout(patience, self.ws.flush()).await;
+            return;
+        }
         let Some((code, reason)) = end.close_frame() else {
             return;
         };
@@ -364,7 +418,6 @@ impl Conn {
             code,
             reason: reason.into(),
         }));
-        let patience = Duration::from_secs(1);
         if !matches!(
             tokio::time::timeout(patience, self.ws.send(close)).await,
             Ok(Ok(()))
@@ -385,12 +438,18 @@ impl Conn {
     }
 }
 
-/// Maps a read error to how the connection ends.
+/// Maps a read error to how the connection ends. A framing violation is
+/// answered with 1002 as RFC 6455 §7.4.1 asks, rather than by dropping the
+/// socket (which clients report as 1006); a peer that vanished without a
+/// close frame gets nothing, since nothing would reach it.
 fn classify(e: axum::Error) -> End {
+    use tungstenite::error::ProtocolError;
     match e.into_inner().downcast::<tungstenite::Error>() {
         Ok(e) => match *e {
             tungstenite::Error::Capacity(_) => End::TooBig,
             tungstenite::Error::Utf8(_) => End::BadUtf8,
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+            tungstenite::Error::Protocol(_) => End::Protocol,
             _ => End::Gone,
         },
         Err(_) => End::Gone,

@@ -1,21 +1,20 @@
 //! HTTP: the routes, the WebSocket endpoint with its checks before the
-//! upgrade (room, identity, format, admission), health and readiness. The
-//! JSON API and `/metrics` live in `api.rs`.
+//! upgrade (room, identity, handshake headers, format, admission), health
+//! and readiness, and the one query-string parser. The JSON API and
+//! `/metrics` live in `api.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use danmaku_bus::Readiness;
 use danmaku_proto::{validate_nick, Format, Role, RoomId};
-use serde::Deserialize;
 
 use crate::api;
 use crate::conn::{self, Identity, Viewer};
@@ -37,10 +36,92 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// The WebSocket version this server speaks (RFC 6455 §4.1).
+const WS_VERSION: &str = "13";
+
 /// Query parameters of the WebSocket endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 struct WsQuery {
     nick: Option<String>,
+}
+
+impl WsQuery {
+    /// Reads the raw query. Parsed here rather than by axum's `Query`,
+    /// which turns bytes that are not UTF-8 into U+FFFD: a `nick` that does
+    /// not decode is refused, not silently changed. Other keys are ignored.
+    fn parse(raw: Option<&str>) -> Result<WsQuery, String> {
+        let mut query = WsQuery::default();
+        for (key, value) in query_pairs(raw) {
+            if key != b"nick" {
+                continue;
+            }
+            if query.nick.is_some() {
+                return Err("nick is given more than once".into());
+            }
+            let nick =
+                String::from_utf8(value).map_err(|_| "nick is not valid UTF-8".to_owned())?;
+            query.nick = Some(nick);
+        }
+        Ok(query)
+    }
+}
+
+/// The `key=value` pairs of a query string, both percent-decoded (and `+`
+/// read as a space, as in forms), as bytes: the caller decides what must be
+/// UTF-8. A `%` not followed by two hex digits stays as it is.
+pub(crate) fn query_pairs(raw: Option<&str>) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether a `Sec-WebSocket-Key` is what RFC 6455 §4.1 requires: the
+/// base64 encoding of exactly 16 bytes, which is 22 characters of the
+/// base64 alphabet, the last of them carrying no bits past the 128th, then
+/// `==`.
+fn valid_ws_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let key = key.trim_ascii();
+    let Some(body) = key.strip_suffix(b"==") else {
+        return false;
+    };
+    let digit = |c: &u8| ALPHABET.iter().position(|a| a == c);
+    body.len() == 22
+        && body.iter().all(|c| digit(c).is_some())
+        // 22 digits hold 132 bits: the last digit's low 4 must be zero.
+        && digit(&body[21]).is_some_and(|d| d & 0x0f == 0)
 }
 
 fn bad_request(reason: impl Into<String>) -> Response {
@@ -55,7 +136,7 @@ async fn ws_upgrade(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    query: Result<Query<WsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -63,9 +144,9 @@ async fn ws_upgrade(
         Ok(room) => room,
         Err(e) => return bad_request(e.to_string()),
     };
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(e) => return bad_request(e.body_text()),
+    let query = match WsQuery::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(reason) => return bad_request(reason),
     };
     let identity = match authenticate(&query) {
         Ok(identity) => identity,
@@ -73,8 +154,22 @@ async fn ws_upgrade(
     };
     let mut upgrade = match upgrade {
         Ok(upgrade) => upgrade,
+        // RFC 6455 §4.4: name the version we speak, with 426.
+        Err(WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                [(header::SEC_WEBSOCKET_VERSION, WS_VERSION)],
+                "unsupported Sec-WebSocket-Version: this server speaks 13\n",
+            )
+                .into_response()
+        }
         Err(rejection) => return rejection.into_response(),
     };
+    // axum only checks that the key is present.
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    if !key.is_some_and(|k| valid_ws_key(k.as_bytes())) {
+        return bad_request("Sec-WebSocket-Key must be the base64 encoding of 16 bytes");
+    }
     if *gw.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
@@ -105,7 +200,10 @@ async fn ws_upgrade(
     upgrade
         .read_buffer_size(c.read_buffer_bytes)
         .write_buffer_size(c.write_buffer_bytes)
-        .max_write_buffer_size(c.max_write_buffer_bytes)
+        // The connection bounds what it buffers by waiting for the socket
+        // (`max_write_buffer_bytes`, in `conn.rs`); tungstenite's own cap
+        // would fail a write instead, so it is left unbounded.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(c.max_frame_bytes)
         .max_frame_size(c.max_frame_bytes)
         .on_upgrade(move |ws| {

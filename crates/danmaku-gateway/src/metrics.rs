@@ -109,17 +109,29 @@ pub(crate) struct FanoutMetrics {
     /// The longest outbox seen since start, in frames: a high-water mark
     /// kept on push, so reading it walks no queue and takes no lock.
     pub(crate) max_queued: Gauge,
+    /// The most room-frame bytes one viewer's queue held since start, kept
+    /// by the outboxes: what a viewer that stops reading pins there.
+    pub(crate) max_queued_bytes: Gauge,
+    /// The most bytes one connection handed the WebSocket layer before
+    /// waiting for its socket, since start.
+    pub(crate) max_write_buffered: Gauge,
+}
+
+/// Raises a high-water mark to `value` if it is higher. The plain load
+/// first keeps the shared cache line read-mostly: the mark rarely moves.
+pub(crate) fn raise_mark(mark: &Gauge, value: usize) {
+    let value = value as i64;
+    let mark = mark.inner();
+    if value > mark.load(Ordering::Relaxed) {
+        mark.fetch_max(value, Ordering::Relaxed);
+    }
 }
 
 impl FanoutMetrics {
     /// Raises the high-water mark to `len` if it is higher. The plain load
     /// first keeps the shared cache line read-mostly: the mark rarely moves.
     pub(crate) fn saw_queue(&self, len: usize) {
-        let len = len as i64;
-        let mark = self.max_queued.inner();
-        if len > mark.load(Ordering::Relaxed) {
-            mark.fetch_max(len, Ordering::Relaxed);
-        }
+        raise_mark(&self.max_queued, len);
     }
 }
 
@@ -208,6 +220,16 @@ impl Metrics {
             "danmaku_max_queued_frames",
             "Longest viewer queue seen since start, in frames",
             fanout.max_queued.clone(),
+        );
+        registry.register(
+            "danmaku_max_queued_bytes",
+            "Most room-frame bytes one viewer's queue held since start",
+            fanout.max_queued_bytes.clone(),
+        );
+        registry.register(
+            "danmaku_max_write_buffered_bytes",
+            "Most bytes one connection buffered for its socket before waiting, since start",
+            fanout.max_write_buffered.clone(),
         );
         let info = Info::new(vec![
             ("version", env!("CARGO_PKG_VERSION").to_owned()),

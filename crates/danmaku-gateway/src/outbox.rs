@@ -5,7 +5,9 @@
 //! - control frames (hello, ack, reject, error, pong) are few,
 //!   per-connection and never dropped;
 //! - room frames (danmaku, batch, online) are shared and ephemeral, and the
-//!   oldest are dropped when `capacity` of them wait;
+//!   oldest are dropped when `capacity` of them wait, or when the next one
+//!   would take the room lane over `max_bytes` (a lone frame larger than
+//!   that is still queued: frames are never split);
 //! - must-arrive room frames (a recall, later moderation notices) are shared
 //!   and never dropped: they wait in the same ordered room lane as comments,
 //!   so a recall never overtakes the comment it removes, and are bounded by
@@ -20,10 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::frame::Frame;
+use crate::metrics::raise_mark;
 
 /// Control frames a connection may have queued before it is considered
 /// unable to keep up; control frames are answers to the client's own
@@ -38,6 +42,9 @@ pub(crate) struct Outbox {
     wake: Notify,
     /// Room frames dropped for this connection, for logs.
     dropped: AtomicU64,
+    /// The gateway-wide high-water mark of room-lane bytes, raised when
+    /// this queue's own mark rises.
+    bytes_mark: Gauge,
 }
 
 struct State {
@@ -50,6 +57,13 @@ struct State {
     capacity: usize,
     /// Must-arrive capacity.
     must_capacity: usize,
+    /// Payload bytes of the frames in `room`.
+    bytes: usize,
+    /// Room-lane bytes beyond which the oldest droppable frames go.
+    max_bytes: usize,
+    /// The most `bytes` this queue has held; the shared gauge is touched
+    /// only when this rises.
+    bytes_seen: usize,
     /// When the room lane was first found full since the last flush.
     full_since: Option<Instant>,
     /// Set once the connection must be closed as too slow.
@@ -68,6 +82,15 @@ impl State {
 
     fn is_empty(&self) -> bool {
         self.room.is_empty() && self.control.is_empty()
+    }
+}
+
+/// Payload bytes of a frame, what the room lane's byte bound counts.
+fn payload_len(frame: &Frame) -> usize {
+    match frame {
+        Frame::Text(text) => text.as_str().len(),
+        Frame::Binary(bytes) => bytes.len(),
+        Frame::Ping => 0,
     }
 }
 
@@ -97,9 +120,15 @@ pub(crate) enum Drained {
 
 impl Outbox {
     /// An empty queue holding at most `capacity` droppable room frames and
-    /// `must_capacity` must-arrive ones. Allocates nothing until the first
-    /// frame arrives.
-    pub(crate) fn new(capacity: usize, must_capacity: usize) -> Outbox {
+    /// `must_capacity` must-arrive ones, dropping droppable ones beyond
+    /// `max_bytes` of room frames; it raises `bytes_mark` to the most room
+    /// bytes it held. Allocates nothing until the first frame arrives.
+    pub(crate) fn new(
+        capacity: usize,
+        must_capacity: usize,
+        max_bytes: usize,
+        bytes_mark: Gauge,
+    ) -> Outbox {
         Outbox {
             state: Mutex::new(State {
                 control: VecDeque::new(),
@@ -107,16 +136,30 @@ impl Outbox {
                 must: 0,
                 capacity: capacity.max(1),
                 must_capacity: must_capacity.max(1),
+                bytes: 0,
+                max_bytes: max_bytes.max(1),
+                bytes_seen: 0,
                 full_since: None,
                 evicted: false,
             }),
             wake: Notify::new(),
             dropped: AtomicU64::new(0),
+            bytes_mark,
         }
     }
 
-    /// Queues a shared room frame, dropping the oldest droppable one when
-    /// full. Returns what happened and the queue's length after it.
+    /// Adds `len` bytes to the room lane's count and raises the marks.
+    fn count_bytes(&self, s: &mut State, len: usize) {
+        s.bytes += len;
+        if s.bytes > s.bytes_seen {
+            s.bytes_seen = s.bytes;
+            raise_mark(&self.bytes_mark, s.bytes);
+        }
+    }
+
+    /// Queues a shared room frame, dropping the oldest droppable ones when
+    /// `capacity` of them wait or the frame would take the lane over
+    /// `max_bytes`. Returns what happened and the queue's length after it.
     pub(crate) fn push_room(
         &self,
         frame: Frame,
@@ -129,19 +172,25 @@ impl Outbox {
         }
         let was_empty = s.is_empty();
         let mut outcome = Pushed::Queued;
-        if s.droppable() >= s.capacity {
+        let len = payload_len(&frame);
+        while s.droppable() >= s.capacity || (s.droppable() > 0 && s.bytes + len > s.max_bytes) {
             // The oldest droppable frame; must-arrive frames are skipped.
             if let Some(i) = s.room.iter().position(|q| !q.must) {
-                s.room.remove(i);
+                if let Some(old) = s.room.remove(i) {
+                    s.bytes -= payload_len(&old.frame);
+                }
             }
             self.dropped.fetch_add(1, Ordering::Relaxed);
             outcome = Pushed::DroppedOldest;
+        }
+        if outcome == Pushed::DroppedOldest {
             let since = *s.full_since.get_or_insert(now);
             if now.duration_since(since) >= slow_close {
                 s.evicted = true;
                 outcome = Pushed::Evicted;
             }
         }
+        self.count_bytes(&mut s, len);
         s.room.push_back(Queued { frame, must: false });
         let len = s.room.len() + s.control.len();
         drop(s);
@@ -166,6 +215,7 @@ impl Outbox {
             self.wake.notify_one();
             return (Pushed::Evicted, 0);
         }
+        self.count_bytes(&mut s, payload_len(&frame));
         s.room.push_back(Queued { frame, must: true });
         s.must += 1;
         let len = s.room.len() + s.control.len();
@@ -199,6 +249,7 @@ impl Outbox {
         out.extend(s.control.drain(..));
         out.extend(s.room.drain(..).map(|q| q.frame));
         s.must = 0;
+        s.bytes = 0;
         // An empty lane keeps no allocation: an idle connection then costs
         // nothing here, and a busy one pays a small allocation per drain.
         s.control.shrink_to(0);
@@ -253,6 +304,11 @@ mod tests {
         Frame::Text(s.into())
     }
 
+    /// A queue with no byte bound, as the frame-count tests want.
+    fn outbox(capacity: usize, must_capacity: usize) -> Outbox {
+        Outbox::new(capacity, must_capacity, usize::MAX, Gauge::default())
+    }
+
     fn texts(out: &[Frame]) -> Vec<String> {
         out.iter()
             .map(|f| String::from_utf8(f.as_bytes().to_vec()).unwrap())
@@ -261,7 +317,7 @@ mod tests {
 
     #[test]
     fn drops_oldest_room_frames_but_never_control_frames() {
-        let o = Outbox::new(2, 4);
+        let o = outbox(2, 4);
         let t0 = Instant::now();
         let slow = Duration::from_secs(10);
         o.push_control(text("hello"));
@@ -283,7 +339,7 @@ mod tests {
 
     #[test]
     fn full_for_longer_than_the_limit_evicts_and_a_flush_forgives() {
-        let o = Outbox::new(1, 4);
+        let o = outbox(1, 4);
         let t0 = Instant::now();
         let slow = Duration::from_secs(10);
         o.push_room(text("a"), t0, slow);
@@ -317,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_flood_of_control_frames_evicts_instead_of_growing() {
-        let o = Outbox::new(4, 4);
+        let o = outbox(4, 4);
         for _ in 0..MAX_CONTROL_FRAMES + 10 {
             o.push_control(text("pong"));
         }
@@ -327,7 +383,7 @@ mod tests {
 
     #[test]
     fn must_arrive_frames_are_never_dropped_and_keep_their_place() {
-        let o = Outbox::new(2, 4);
+        let o = outbox(2, 4);
         let t0 = Instant::now();
         let slow = Duration::from_secs(10);
         o.push_room(text("c1"), t0, slow);
@@ -351,18 +407,46 @@ mod tests {
 
     #[test]
     fn a_viewer_that_cannot_take_must_arrive_frames_is_evicted() {
-        let o = Outbox::new(8, 2);
+        let o = outbox(8, 2);
         assert_eq!(o.push_must(text("m1")).0, Pushed::Queued);
         assert_eq!(o.push_must(text("m2")).0, Pushed::Queued);
         assert_eq!(o.push_must(text("m3")).0, Pushed::Evicted);
         assert!(o.is_evicted());
         assert_eq!(o.push_must(text("m4")).0, Pushed::Ignored);
         // A drain empties the lane's budget for a viewer that keeps up.
-        let o = Outbox::new(8, 2);
+        let o = outbox(8, 2);
         for i in 0..10 {
             assert_eq!(o.push_must(text(&format!("m{i}"))).0, Pushed::Queued);
             o.drain(&mut Vec::new());
         }
         assert!(!o.is_evicted());
+    }
+
+    #[test]
+    fn room_frames_beyond_the_byte_bound_drop_the_oldest_and_raise_the_mark() {
+        let mark = Gauge::default();
+        let o = Outbox::new(100, 4, 10, mark.clone());
+        let t0 = Instant::now();
+        let slow = Duration::from_secs(10);
+        assert_eq!(o.push_room(text("aaaa"), t0, slow).0, Pushed::Queued);
+        assert_eq!(o.push_room(text("bbbb"), t0, slow).0, Pushed::Queued);
+        // 8 + 4 > 10: "aaaa" goes.
+        assert_eq!(o.push_room(text("cccc"), t0, slow).0, Pushed::DroppedOldest);
+        // Must-arrive frames count but stay; a big frame empties the
+        // droppable part of the lane and is queued alone even over the bound.
+        assert_eq!(o.push_must(text("mm")).0, Pushed::Queued);
+        assert_eq!(
+            o.push_room(text("0123456789ab"), t0, slow).0,
+            Pushed::DroppedOldest
+        );
+        assert_eq!(o.dropped(), 3);
+        assert_eq!(mark.get(), 14);
+        let mut out = Vec::new();
+        o.drain(&mut out);
+        assert_eq!(texts(&out), ["mm", "0123456789ab"]);
+        // The count starts again after a drain; the mark keeps the most.
+        assert_eq!(o.push_room(text("dddd"), t0, slow).0, Pushed::Queued);
+        assert_eq!(o.push_room(text("eeee"), t0, slow).0, Pushed::Queued);
+        assert_eq!(mark.get(), 14);
     }
 }

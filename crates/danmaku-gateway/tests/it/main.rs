@@ -2,11 +2,17 @@
 //! a module per area, all through the public WebSocket and HTTP surface.
 
 mod burst;
+mod closing;
 mod cluster;
+mod decoding;
+mod handshake;
 mod hardening;
 mod limits;
+mod memory;
 mod observability;
+mod pagination;
 mod protocol;
+mod raw;
 mod shutdown;
 mod slow;
 mod support;

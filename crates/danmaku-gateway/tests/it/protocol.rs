@@ -191,7 +191,7 @@ async fn online_counts_come_in_hello_and_periodically() {
     let rooms = gw.get_json("/api/rooms").await;
     assert_eq!(
         rooms,
-        json!({"rooms": [{"room": "o", "online": 1}], "total_online": 1})
+        json!({"rooms": [{"room": "o", "online": 1}], "total_online": 1, "total_rooms": 1})
     );
 }
 
@@ -206,7 +206,7 @@ async fn api_rooms_is_sorted_by_online_count() {
         rooms,
         json!({"rooms": [
             {"room": "big", "online": 3}, {"room": "mid", "online": 2}, {"room": "small", "online": 1}
-        ], "total_online": 6})
+        ], "total_online": 6, "total_rooms": 3})
     );
     let (status, body) = crate::support::http_get(gw.addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
