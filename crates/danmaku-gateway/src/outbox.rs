@@ -99,8 +99,9 @@ fn payload_len(frame: &Frame) -> usize {
 pub(crate) enum Pushed {
     /// The frame was queued.
     Queued,
-    /// The frame was queued and the oldest room frame dropped to make room.
-    DroppedOldest,
+    /// The frame was queued and this many of the oldest room frames were
+    /// dropped to make room (several when the byte bound needed it).
+    DroppedOldest(u64),
     /// As `DroppedOldest`, and the queue has been full for too long: the
     /// connection is now marked too slow. For a must-arrive frame: its lane
     /// was full, so the connection is marked too slow.
@@ -172,6 +173,7 @@ impl Outbox {
         }
         let was_empty = s.is_empty();
         let mut outcome = Pushed::Queued;
+        let mut dropped = 0;
         let len = payload_len(&frame);
         while s.droppable() >= s.capacity || (s.droppable() > 0 && s.bytes + len > s.max_bytes) {
             // The oldest droppable frame; must-arrive frames are skipped.
@@ -180,10 +182,11 @@ impl Outbox {
                     s.bytes -= payload_len(&old.frame);
                 }
             }
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            outcome = Pushed::DroppedOldest;
+            dropped += 1;
         }
-        if outcome == Pushed::DroppedOldest {
+        if dropped > 0 {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+            outcome = Pushed::DroppedOldest(dropped);
             let since = *s.full_since.get_or_insert(now);
             if now.duration_since(since) >= slow_close {
                 s.evicted = true;
@@ -325,7 +328,7 @@ mod tests {
             let expected = if i < 2 {
                 Pushed::Queued
             } else {
-                Pushed::DroppedOldest
+                Pushed::DroppedOldest(1)
             };
             assert_eq!(o.push_room(text(&format!("d{i}")), t0, slow).0, expected);
         }
@@ -346,17 +349,17 @@ mod tests {
         o.push_room(text("b"), t0, slow); // full since t0
         assert_eq!(
             o.push_room(text("c"), t0 + Duration::from_secs(9), slow).0,
-            Pushed::DroppedOldest
+            Pushed::DroppedOldest(1)
         );
         o.flushed();
         // The clock restarts after a flush.
         assert_eq!(
             o.push_room(text("d"), t0 + Duration::from_secs(11), slow).0,
-            Pushed::DroppedOldest
+            Pushed::DroppedOldest(1)
         );
         assert_eq!(
             o.push_room(text("e"), t0 + Duration::from_secs(20), slow).0,
-            Pushed::DroppedOldest
+            Pushed::DroppedOldest(1)
         );
         assert_eq!(
             o.push_room(text("f"), t0 + Duration::from_secs(21), slow).0,
@@ -431,13 +434,16 @@ mod tests {
         assert_eq!(o.push_room(text("aaaa"), t0, slow).0, Pushed::Queued);
         assert_eq!(o.push_room(text("bbbb"), t0, slow).0, Pushed::Queued);
         // 8 + 4 > 10: "aaaa" goes.
-        assert_eq!(o.push_room(text("cccc"), t0, slow).0, Pushed::DroppedOldest);
+        assert_eq!(
+            o.push_room(text("cccc"), t0, slow).0,
+            Pushed::DroppedOldest(1)
+        );
         // Must-arrive frames count but stay; a big frame empties the
         // droppable part of the lane and is queued alone even over the bound.
         assert_eq!(o.push_must(text("mm")).0, Pushed::Queued);
         assert_eq!(
             o.push_room(text("0123456789ab"), t0, slow).0,
-            Pushed::DroppedOldest
+            Pushed::DroppedOldest(2)
         );
         assert_eq!(o.dropped(), 3);
         assert_eq!(mark.get(), 14);

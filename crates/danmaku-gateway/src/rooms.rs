@@ -318,7 +318,7 @@ impl Room {
                 };
                 match (outcome, lane) {
                     (Pushed::Queued, _) => {}
-                    (Pushed::DroppedOldest, _) => dropped += 1,
+                    (Pushed::DroppedOldest(n), _) => dropped += n,
                     (Pushed::Evicted, Lane::Droppable) => {
                         dropped += 1;
                         evicted += 1;
