@@ -147,7 +147,7 @@ impl Default for Settings {
             max_batch_items: 256,
             outbox_frames: 128,
             outbox_must_frames: 64,
-            outbox_bytes: 16 * 1024,
+            outbox_bytes: 32 * 1024,
             slow_close_ms: 10_000,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,

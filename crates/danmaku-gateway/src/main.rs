@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// jemalloc, when built with `--features jemalloc` (and not mimalloc); its
-/// decay is set at run time with `_RJEM_MALLOC_CONF`.
+/// jemalloc, the default (feature `jemalloc`, unless mimalloc is chosen):
+/// with background threads and a short decay (`.cargo/config.toml`) it gives
+/// back what a crowd of viewers used once they leave. `_RJEM_MALLOC_CONF`
+/// overrides its settings at run time.
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -34,7 +34,7 @@ async fn non_reading_viewers_hold_little_and_are_closed_in_time() {
         s.post_burst = 1_000_000;
     })
     .await;
-    assert_eq!(defaults.outbox_bytes, 16 * 1024, "the documented default");
+    assert_eq!(defaults.outbox_bytes, 32 * 1024, "the documented default");
     assert_eq!(defaults.max_write_buffer_bytes, 16 * 1024);
     assert_eq!(defaults.tcp_send_buffer_bytes, 16 * 1024);
 
