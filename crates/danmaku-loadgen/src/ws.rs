@@ -449,8 +449,8 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     use tokio_tungstenite::tungstenite::Message;
 
-    /// An unmasked server frame.
-    fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    /// An unmasked server frame; the property tests build theirs with it too.
+    pub(super) fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![u8::from(fin) << 7 | opcode];
         match payload.len() {
             n @ 0..=125 => out.push(n as u8),
@@ -655,6 +655,7 @@ mod tests {
 /// socket splits them, it neither panics nor changes its answer.
 #[cfg(test)]
 mod proptests {
+    use super::tests::server_frame as frame;
     use super::*;
     use proptest::prelude::*;
     use proptest::sample::Index;
@@ -669,24 +670,6 @@ mod proptests {
         cuts: Vec<Index>,
         /// A ping or pong payload to send after each fragment but the last.
         controls: Vec<(bool, Vec<u8>)>,
-    }
-
-    /// An unmasked server frame (the test helper of `tests`, which is private there).
-    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::from(fin) << 7 | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(n as u8),
-            n @ 126..=0xffff => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(payload);
-        out
     }
 
     /// Payload lengths across all three header forms; filled from a seed
