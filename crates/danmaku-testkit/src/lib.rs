@@ -45,6 +45,53 @@ pub enum TestkitError {
     /// The server is stopped; `restart` it first.
     #[error("redis-server is stopped")]
     Stopped,
+    /// `redis-server` is not installed and could not be installed here.
+    #[error("redis-server is not installed: {0}")]
+    Missing(String),
+}
+
+/// Makes sure `redis-server` is on the `PATH`, so that the README's one test
+/// command works on a fresh Debian machine: as root, installs Debian's
+/// package when it is missing (once per machine; concurrent test binaries
+/// queue on a lock file); otherwise says the one line to run.
+fn ensure_redis_server() -> Result<(), TestkitError> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = || {
+        Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    CHECKED
+        .get_or_init(|| {
+            if installed() {
+                return Ok(());
+            }
+            let root = Command::new("id")
+                .arg("-u")
+                .output()
+                .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+            let hint = "run `apt-get install -y redis-server` as root".to_owned();
+            if !root {
+                return Err(hint);
+            }
+            eprintln!("redis-server is missing: installing Debian's redis-server");
+            let script = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                          apt-get install -y -qq redis-server";
+            let done = Command::new("flock")
+                .args(["/tmp/danmaku-testkit-apt.lock", "sh", "-c", script])
+                .status()
+                .is_ok_and(|s| s.success());
+            if done && installed() {
+                Ok(())
+            } else {
+                Err(format!("installing it failed; {hint}"))
+            }
+        })
+        .clone()
+        .map_err(TestkitError::Missing)
 }
 
 /// A `redis-server` process owned by a test: no persistence, loopback only,
@@ -68,6 +115,7 @@ impl RedisServer {
     /// (`["--client-output-buffer-limit", "pubsub 64kb 0 0"]`, say) that are
     /// kept for restarts too.
     pub fn start_with(extra_args: &[&str]) -> Result<RedisServer, TestkitError> {
+        ensure_redis_server()?;
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
