@@ -409,3 +409,23 @@ async fn the_token_subcommand_signs_what_the_binary_accepts_and_no_token_is_logg
 fn claims_expired() -> Claims {
     claims("u4", Role::Viewer, now_secs() - LEEWAY_SECS - 10)
 }
+
+#[test]
+fn the_reject_schema_and_protocol_list_every_reject_code_in_order() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{root}/schema/reject.json")).unwrap())
+            .unwrap();
+    let listed: Vec<&str> = schema["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, all);
+    let protocol = std::fs::read_to_string(format!("{root}/PROTOCOL.md")).unwrap();
+    for code in all {
+        assert!(protocol.contains(&format!("| `{code}`")), "{code} in §8.1");
+    }
+}
