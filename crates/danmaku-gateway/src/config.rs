@@ -120,6 +120,27 @@ pub struct Settings {
     pub unsubscribe_linger_ms: u64,
     /// How long a bus operation may take before it counts as failed, in ms.
     pub bus_timeout_ms: u64,
+
+    /// `open`: anyone connects as a guest, and a token, when given, is
+    /// checked. `token`: posting needs a signed token.
+    pub auth_mode: String,
+    /// HS256 secrets tokens may be signed with; new tokens are signed with
+    /// the first. Several let a secret be rotated without refusing the
+    /// tokens already handed out. `DANMAKU_AUTH_SECRET` is comma-separated.
+    pub auth_secret: Secrets,
+    /// Whether a connection without a token may watch; when false it gets 401.
+    pub anonymous_watch: bool,
+}
+
+/// The token secrets: never printed, so settings can be debug-logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secrets>", self.0.len())
+    }
 }
 
 impl Default for Settings {
@@ -165,6 +186,9 @@ impl Default for Settings {
             heartbeat_ttl_ms: 15_000,
             unsubscribe_linger_ms: 10_000,
             bus_timeout_ms: 2_000,
+            auth_mode: "open".into(),
+            auth_secret: Secrets::default(),
+            anonymous_watch: true,
         }
     }
 }
@@ -201,10 +225,22 @@ impl Settings {
                     builder.add_source(config::File::with_name(DEFAULT_CONFIG_PATH).required(false))
             }
         }
-        let vars: config::Map<String, String> = env
+        let mut vars: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
             .collect();
+        // Taken out of the environment source, whose `try_parsing` would
+        // turn a secret that looks like a number into one; split here, so
+        // every secret stays the exact string given.
+        if let Some(secrets) = vars.remove(&format!("{ENV_PREFIX}_AUTH_SECRET")) {
+            let list: Vec<String> = secrets
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            builder = builder.set_override("auth_secret", list)?;
+        }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
@@ -270,6 +306,24 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "heartbeat_ttl_ms",
                 reason: "must be larger than heartbeat_interval_ms".into(),
+            });
+        }
+        if !matches!(self.auth_mode.as_str(), "open" | "token") {
+            return Err(ConfigError::Invalid {
+                key: "auth_mode",
+                reason: "must be `open` or `token`".into(),
+            });
+        }
+        if self.auth_secret.0.iter().any(|s| s.is_empty()) {
+            return Err(ConfigError::Invalid {
+                key: "auth_secret",
+                reason: "a secret may not be empty".into(),
+            });
+        }
+        if self.auth_mode == "token" && self.auth_secret.0.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth_secret",
+                reason: "must hold at least one secret when auth_mode is `token`".into(),
             });
         }
         let redis_scheme = ["redis://", "rediss://"]
@@ -466,13 +520,40 @@ mod tests {
             ("DANMAKU_HTTP_HEADER_TIMEOUT_MS", "0"),
             ("DANMAKU_HTTP_IDLE_TIMEOUT_MS", "0"),
             ("DANMAKU_HTTP_MAX_HEADER_BYTES", "100"),
+            ("DANMAKU_AUTH_MODE", "jwt"),
+            ("DANMAKU_AUTH_MODE", "token"),
         ] {
             let err = Settings::load(None, env(&[(key, value)]))
                 .unwrap_err()
                 .to_string();
             let name = key.trim_start_matches("DANMAKU_").to_lowercase();
+            let name = if value == "token" {
+                "auth_secret".into()
+            } else {
+                name
+            };
             assert!(err.contains(&name), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn secrets_come_comma_separated_from_the_environment_and_stay_strings() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("DANMAKU_AUTH_MODE", "token"),
+                ("DANMAKU_AUTH_SECRET", "new-secret, 0123 ,"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth_mode, "token");
+        assert_eq!(s.auth_secret.0, ["new-secret", "0123"]);
+        assert!(
+            !format!("{s:?}").contains("new-secret"),
+            "secrets are not printed"
+        );
+        let one = Settings::load(None, env(&[("DANMAKU_AUTH_SECRET", "1e3")])).unwrap();
+        assert_eq!(one.auth_secret.0, ["1e3"]);
     }
 
     /// `config/default.toml` documents every key with its default, and the

@@ -84,12 +84,17 @@ impl End {
 /// Who a connection speaks for, settled before the upgrade.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Identity {
-    /// The user id: `guest-xxxxxx` for guests.
+    /// The user id: `guest-xxxxxx` for guests, else the token's `sub`.
     pub(crate) user: String,
-    /// Display name, from `?nick=`.
+    /// Display name, from `?nick=` or the token's `name`.
     pub(crate) name: Option<String>,
     /// What the user may do; guests are viewers.
     pub(crate) role: Role,
+    /// When the token expires, in seconds since the Unix epoch; `None`
+    /// for guests, who hold no token.
+    pub(crate) exp: Option<u64>,
+    /// The rooms the token lets a moderator act in; `None` for all.
+    pub(crate) rooms: Option<Vec<String>>,
 }
 
 /// Who is on the other end of a socket, and how to talk to it.
@@ -179,6 +184,7 @@ async fn serve(mut conn: Box<Conn>) {
         room: viewer.room.as_str().to_owned(),
         user: viewer.identity.user.clone(),
         name: viewer.identity.name.clone(),
+        role: Some(viewer.identity.role),
         online: gw.presence.online(viewer.room.as_str(), local),
         server: gw.instance_id.clone(),
         limits: gw.limits.clone(),
@@ -358,6 +364,7 @@ impl Conn {
         let outcome = match decode_client(frame_format, bytes) {
             Err(e) => Err(e.to_string()),
             Ok(ClientEvent::Ping(ping)) => cmd::ping::handle(self, ping),
+            Ok(ClientEvent::Auth(auth)) => cmd::auth::handle(self, auth),
             Ok(ClientEvent::Post(post)) => {
                 cmd::post::handle(self, post).await;
                 Ok(())

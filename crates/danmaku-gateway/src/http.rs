@@ -43,6 +43,8 @@ const WS_VERSION: &str = "13";
 #[derive(Debug, Default)]
 struct WsQuery {
     nick: Option<String>,
+    /// A signed token; `Authorization: Bearer` is the other way to give one.
+    token: Option<String>,
 }
 
 impl WsQuery {
@@ -52,15 +54,17 @@ impl WsQuery {
     fn parse(raw: Option<&str>) -> Result<WsQuery, String> {
         let mut query = WsQuery::default();
         for (key, value) in query_pairs(raw) {
-            if key != b"nick" {
-                continue;
+            let (slot, name) = match &key[..] {
+                b"nick" => (&mut query.nick, "nick"),
+                b"token" => (&mut query.token, "token"),
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(format!("{name} is given more than once"));
             }
-            if query.nick.is_some() {
-                return Err("nick is given more than once".into());
-            }
-            let nick =
-                String::from_utf8(value).map_err(|_| "nick is not valid UTF-8".to_owned())?;
-            query.nick = Some(nick);
+            let value =
+                String::from_utf8(value).map_err(|_| format!("{name} is not valid UTF-8"))?;
+            *slot = Some(value);
         }
         Ok(query)
     }
@@ -148,7 +152,7 @@ async fn ws_upgrade(
         Ok(query) => query,
         Err(reason) => return bad_request(reason),
     };
-    let identity = match authenticate(&query) {
+    let identity = match authenticate(&gw, &query, &headers) {
         Ok(identity) => identity,
         Err(refused) => return refused,
     };
@@ -227,11 +231,54 @@ fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
         .find_map(Format::from_subprotocol)
 }
 
-/// Who the connection speaks for. Today every connection is a guest with a
-/// fresh id and an optional checked nickname; signed tokens will add users
-/// and roles here, before the upgrade, without touching the connection.
+/// Who the connection speaks for, settled before the upgrade. With a token
+/// (`?token=` or `Authorization: Bearer`), the token's user, name and role,
+/// and `?nick=` is ignored; a token that does not verify is refused with
+/// 401 in every mode, rather than quietly falling back to a guest. Without
+/// one, a guest with a fresh id and an optional checked nickname, unless
+/// `anonymous_watch` is off. Neither the token nor the query holding it is
+/// ever logged.
 #[allow(clippy::result_large_err)]
-fn authenticate(query: &WsQuery) -> Result<Identity, Response> {
+fn authenticate(gw: &Gateway, query: &WsQuery, headers: &HeaderMap) -> Result<Identity, Response> {
+    let bearer = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty());
+            match token {
+                Some(token) => Some(token),
+                None => return Err(unauthorized("Authorization must be `Bearer <token>`")),
+            }
+        }
+    };
+    let token = match (bearer, query.token.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "token is given both in the query and in Authorization",
+            ))
+        }
+        (token, None) | (None, token) => token,
+    };
+    if let Some(token) = token {
+        let claims = gw
+            .auth
+            .verify(token)
+            .map_err(|e| unauthorized(&e.to_string()))?;
+        return Ok(Identity {
+            user: claims.sub,
+            name: Some(claims.name),
+            role: claims.role,
+            exp: Some(claims.exp),
+            rooms: claims.rooms,
+        });
+    }
+    if !gw.auth.anonymous_watch {
+        return Err(unauthorized("a token is required"));
+    }
     let name = match &query.nick {
         None => None,
         Some(nick) => Some(validate_nick(nick).map_err(|e| bad_request(e.to_string()))?),
@@ -240,7 +287,19 @@ fn authenticate(query: &WsQuery) -> Result<Identity, Response> {
         user: crate::ids::guest_id(),
         name,
         role: Role::Viewer,
+        exp: None,
+        rooms: None,
     })
+}
+
+/// 401 with a plain reason, and the scheme to use (RFC 6750 §3).
+fn unauthorized(reason: &str) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        format!("{reason}\n"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {

@@ -9,6 +9,7 @@
 //! Architecture invariant: only this crate knows WebSocket and HTTP.
 
 mod api;
+pub mod auth;
 mod cmd;
 pub mod config;
 mod conn;
@@ -62,6 +63,8 @@ pub(crate) struct Gateway {
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) moderator: Moderator,
+    /// Checks tokens, at the handshake and on `auth`.
+    pub(crate) auth: auth::Verifier,
     /// Announced in every `hello`.
     pub(crate) limits: Limits,
     pub(crate) ids: IdGen,
@@ -221,6 +224,7 @@ pub async fn run(
         rooms: rooms.clone(),
         presence: presence.clone(),
         moderator,
+        auth: auth::Verifier::new(&settings),
         limits,
         ids: IdGen::new(),
         metrics,

@@ -1,11 +1,13 @@
 //! The gateway binary: parse config, set up tracing, bind, and run until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM; or, with the `token` subcommand, print a signed token
+//! for the configured secrets and exit.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use danmaku_gateway::Settings;
+use danmaku_proto::Role;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc, when built with `--features mimalloc` (BENCHMARKS.md, scenario k).
@@ -26,15 +28,65 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(version)]
 struct Args {
     /// TOML config file; `config/default.toml` is read when present and this is absent.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a token signed with the first `auth_secret` (config loaded as
+    /// for serving), for operators and tests.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// The display name, checked like a nickname.
+        #[arg(long)]
+        name: String,
+        /// `viewer`, `moderator` or `admin`.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Seconds until it expires.
+        #[arg(long)]
+        ttl: u64,
+        /// Comma-separated rooms a moderator may act in; all when absent.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Option<Vec<String>>,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| "must be viewer, moderator or admin".to_owned())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(args.config.as_deref(), std::env::vars())
         .context("invalid configuration")?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Some(Command::Token {
+        sub,
+        name,
+        role,
+        ttl,
+        rooms,
+    }) = args.command
+    {
+        let token = danmaku_gateway::auth::issue(&settings, &sub, &name, role, ttl, rooms)?;
+        println!("{token}");
+        return Ok(());
+    }
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // tungstenite traces every frame it reads, `auth` tokens included:
+        // credentials must not reach the logs, whatever RUST_LOG asks.
+        .add_directive(
+            "tungstenite::protocol=debug"
+                .parse()
+                .context("the log filter")?,
+        );
     if settings.log_format == "json" {
         tracing_subscriber::fmt()
             .json()

@@ -438,6 +438,7 @@ mod tests {
             room: "lg-0".into(),
             user: "guest-abc123".into(),
             name: None,
+            role: None,
             online: 1,
             server: "fake".into(),
             limits: Limits {

@@ -329,6 +329,7 @@ mod tests {
             room: "lg-0".into(),
             user: "guest-abc123".into(),
             name: None,
+            role: None,
             online: 1,
             server: "gw".into(),
             limits: Limits {

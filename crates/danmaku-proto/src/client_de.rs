@@ -5,7 +5,7 @@
 //! in place of the map, MessagePack `bin` where a string is required, keys
 //! that are not strings. Client frames come from strangers, so this reads
 //! exactly the shape PROTOCOL.md §4.5 and §7 describe, in one pass and
-//! without buffering anything but the five fields it knows.
+//! without buffering anything but the six fields it knows.
 
 use std::fmt;
 
@@ -14,7 +14,7 @@ use serde::de::{
     Visitor,
 };
 
-use crate::event::{ClientEvent, Ping, Post};
+use crate::event::{Auth, ClientEvent, Ping, Post};
 
 impl<'de> Deserialize<'de> for ClientEvent {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ClientEvent, D::Error> {
@@ -23,9 +23,9 @@ impl<'de> Deserialize<'de> for ClientEvent {
 }
 
 /// The keys version 1 gives a meaning to; [`Key`] holds an index into it.
-const KEYS: [&str; 5] = ["type", "text", "color", "mode", "nonce"];
+const KEYS: [&str; 6] = ["type", "text", "color", "mode", "nonce", "token"];
 /// The values of `type` a client may send.
-const TYPES: &[&str] = &["post", "ping"];
+const TYPES: &[&str] = &["post", "ping", "auth"];
 
 /// A map key: one of [`KEYS`] by index, or any other string (ignored, since
 /// client schemas are open).
@@ -196,7 +196,7 @@ impl<'de> Visitor<'de> for EventVisitor {
             }
             slots[i] = Some(map.next_value()?);
         }
-        let [ty, text, color, mode, nonce] = slots;
+        let [ty, text, color, mode, nonce, token] = slots;
         let ty = required(KEYS[0], ty)?;
         match ty.as_str() {
             "post" => Ok(ClientEvent::Post(Post {
@@ -206,6 +206,10 @@ impl<'de> Visitor<'de> for EventVisitor {
                 nonce: optional(nonce)?,
             })),
             "ping" => Ok(ClientEvent::Ping(Ping {
+                nonce: optional(nonce)?,
+            })),
+            "auth" => Ok(ClientEvent::Auth(Auth {
+                token: required(KEYS[5], token)?,
                 nonce: optional(nonce)?,
             })),
             other => Err(de::Error::unknown_variant(other, TYPES)),

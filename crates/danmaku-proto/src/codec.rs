@@ -248,6 +248,12 @@ mod tests {
                     nonce: Nonce::parse("n").ok(),
                     id: "x".into(),
                 },
+                ServerEvent::AuthOk {
+                    nonce: Nonce::parse("a").ok(),
+                    user: "u1".into(),
+                    role: crate::validate::Role::Moderator,
+                    exp: 1_700_000_000,
+                },
             ] {
                 let bytes = encode(format, &event);
                 assert_eq!(decode_server(format, bytes.as_bytes()).unwrap(), event);
@@ -289,7 +295,11 @@ mod tests {
             nonce: Some("1".into()),
         });
         let ping = ClientEvent::Ping(Ping { nonce: None });
-        for event in [post, ping] {
+        let auth = ClientEvent::Auth(crate::event::Auth {
+            token: "a.b.c".into(),
+            nonce: Some("n".into()),
+        });
+        for event in [post, ping, auth] {
             let json = serde_json::to_vec(&event).unwrap();
             assert_eq!(decode_client(Format::Json, &json).unwrap(), event);
             let mp = rmp_serde::to_vec_named(&event).unwrap();
@@ -555,6 +565,8 @@ mod tests {
             br#"{"type":"ping","nonce":1}"#,
             br#"{"type":"post","text":"a","text":"b"}"#,
             br#"{"type":"ping","type":"ping"}"#,
+            br#"{"type":"auth"}"#,
+            br#"{"type":"auth","token":5}"#,
         ] {
             assert!(decode_client(Format::Json, bad).is_err(), "{bad:?}");
         }

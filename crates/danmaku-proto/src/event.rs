@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{Nonce, NonceTooLong};
+use crate::validate::{Nonce, NonceTooLong, Role};
 
 /// How a comment is drawn over the video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -80,9 +80,13 @@ pub struct Hello {
     pub room: String,
     /// The user id given to this connection.
     pub user: String,
-    /// The display name, when one was asked for.
+    /// The display name, when one was asked for or a token gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What this connection may do: `viewer` for guests, else the token's
+    /// role. Optional so servers that predate tokens still fit the schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
     /// Viewers in the room, this one included.
     pub online: u64,
     /// Id of the gateway instance serving this socket.
@@ -111,17 +115,23 @@ pub enum RejectCode {
     /// The text holds a control character or a bidirectional embedding,
     /// override or isolate, which could hide or reorder what is around it.
     InvalidText,
+    /// Posting needs a signed token and this connection has none.
+    Unauthorized,
+    /// The connection's token has expired; refresh it with `auth`.
+    TokenExpired,
 }
 
 impl RejectCode {
     /// Every code, in declaration order: metrics keep one series per code.
-    pub const ALL: [RejectCode; 6] = [
+    pub const ALL: [RejectCode; 8] = [
         RejectCode::Empty,
         RejectCode::TooLong,
         RejectCode::BadRequest,
         RejectCode::RateLimited,
         RejectCode::Unavailable,
         RejectCode::InvalidText,
+        RejectCode::Unauthorized,
+        RejectCode::TokenExpired,
     ];
 
     /// The wire name, for logs and metrics labels.
@@ -133,6 +143,8 @@ impl RejectCode {
             RejectCode::RateLimited => "rate_limited",
             RejectCode::Unavailable => "unavailable",
             RejectCode::InvalidText => "invalid_text",
+            RejectCode::Unauthorized => "unauthorized",
+            RejectCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -143,6 +155,9 @@ impl RejectCode {
 pub enum ErrorCode {
     /// The frame is not a valid event: bad encoding, unknown type, wrong field types.
     BadFrame,
+    /// An `auth` token was refused: malformed, wrongly signed, expired, or
+    /// for another user than the connection's.
+    BadToken,
 }
 
 /// Everything a gateway sends to a client.
@@ -204,6 +219,18 @@ pub enum ServerEvent {
         /// Human-readable reason.
         message: String,
     },
+    /// The connection's token was replaced by the one an `auth` sent.
+    AuthOk {
+        /// The `auth`'s nonce, echoed; a checked [`Nonce`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<Nonce>,
+        /// The user id, unchanged by a refresh.
+        user: String,
+        /// The role the new token gives.
+        role: Role,
+        /// When the new token expires, in seconds since the Unix epoch.
+        exp: u64,
+    },
     /// Answer to a client `ping`.
     Pong {
         /// The client's nonce, echoed; a checked [`Nonce`], so an
@@ -256,6 +283,25 @@ impl Ping {
     }
 }
 
+/// A client's new token for its open connection, sent before the old one
+/// expires so posting goes on without a reconnect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The token (a JWT), as it would be given at connect.
+    pub token: String,
+    /// Echoed in `auth_ok`. Unchecked here, as in [`Post`];
+    /// [`Auth::nonce`] checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+impl Auth {
+    /// The nonce, checked: `Ok(None)` when it has none.
+    pub fn nonce(&self) -> Result<Option<Nonce>, NonceTooLong> {
+        self.nonce.as_deref().map(Nonce::parse).transpose()
+    }
+}
+
 /// Everything a client may send.
 ///
 /// Serialized like the server events, as a map tagged by `type`. Its
@@ -268,4 +314,6 @@ pub enum ClientEvent {
     Post(Post),
     /// Ask for a `pong`.
     Ping(Ping),
+    /// Replace the connection's token.
+    Auth(Auth),
 }

@@ -113,8 +113,9 @@ impl<'de> Deserialize<'de> for Nonce {
     }
 }
 
-/// What a user may do, from least to most. Identities carry one; tokens will.
-/// Not on the wire yet, but named as it will be (lower case).
+/// What a user may do, from least to most. Identities carry one, from the
+/// token's `role` claim (guests are viewers); `hello` and `auth_ok` name it
+/// in lower case.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
 )]
@@ -130,7 +131,17 @@ pub enum Role {
 }
 
 impl Role {
-    /// The lower-case name, for logs, metrics labels and later the wire.
+    /// Parses the lower-case name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "moderator" => Some(Role::Moderator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// The lower-case name, for logs, metrics labels and the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

@@ -47,6 +47,9 @@ proptest! {
                     ClientEvent::Ping(ping) => {
                         let _ = ping.nonce();
                     }
+                    ClientEvent::Auth(auth) => {
+                        let _ = auth.nonce();
+                    }
                 }
                 let again = match format {
                     Format::Json => serde_json::to_vec(&event).unwrap(),

@@ -5,5 +5,6 @@
 //! A handler returns `Err(reason)` when the frame itself is unusable: the
 //! connection then counts it as a bad frame.
 
+pub(crate) mod auth;
 pub(crate) mod ping;
 pub(crate) mod post;

@@ -1,6 +1,8 @@
 //! `post`: a comment from the client. It is moderated, given a fleet-unique
 //! id, published on the bus, and answered with `ack` only once published;
-//! every refusal is a `reject` with a stable code.
+//! every refusal is a `reject` with a stable code. Identity comes first: in
+//! `token` mode a guest may not post, and a token that expired on the open
+//! connection stops its posts until `auth` refreshes it.
 
 use std::sync::Arc;
 
@@ -19,6 +21,17 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
     };
     let gw = conn.gw.clone();
     let identity = &conn.viewer.identity;
+    match identity.exp {
+        None if gw.auth.required_to_post => {
+            let message = "posting needs a signed token; connect with one";
+            return refuse(conn, nonce, RejectCode::Unauthorized, message.into(), None);
+        }
+        Some(exp) if crate::auth::expired(exp) => {
+            let message = "the token has expired; send a fresh one with `auth`";
+            return refuse(conn, nonce, RejectCode::TokenExpired, message.into(), None);
+        }
+        _ => {}
+    }
     let ctx = PostContext {
         room: &conn.viewer.room,
         user: &identity.user,

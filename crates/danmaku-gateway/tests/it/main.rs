@@ -1,6 +1,7 @@
 //! Integration tests of the gateway over real sockets: one test binary with
 //! a module per area, all through the public WebSocket and HTTP surface.
 
+mod auth;
 mod burst;
 mod closing;
 mod cluster;

@@ -218,6 +218,15 @@ impl Client {
         let (ws, protocol) = connect_raw(url, protocols)
             .await
             .expect("websocket connects");
+        Client::from_parts(ws, protocol).await
+    }
+
+    /// Wraps a socket just opened, with the subprotocol the server chose,
+    /// and reads `hello`.
+    pub(crate) async fn from_parts(
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        protocol: Option<String>,
+    ) -> Client {
         let format = match protocol.as_deref() {
             Some(p) => Format::from_subprotocol(p).expect("known subprotocol"),
             None => Format::Json,
@@ -348,6 +357,7 @@ fn placeholder_hello() -> Hello {
         room: String::new(),
         user: String::new(),
         name: None,
+        role: None,
         online: 0,
         server: String::new(),
         limits: danmaku_proto::Limits {
