@@ -9,6 +9,7 @@
 //! Architecture invariant: only this crate knows WebSocket and HTTP.
 
 mod api;
+mod client_addr;
 mod cmd;
 pub mod config;
 mod conn;
@@ -16,6 +17,7 @@ mod frame;
 mod http;
 mod ids;
 mod metrics;
+mod origin;
 mod outbox;
 mod presence;
 mod rooms;
@@ -33,11 +35,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
+pub use crate::client_addr::Cidr;
 pub use crate::config::Settings;
+pub use crate::origin::Origin;
 
 use crate::config::{ms, ConnConfig};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::presence::{Heartbeat, Presence};
 use crate::rooms::Rooms;
 
@@ -62,6 +67,8 @@ pub(crate) struct Gateway {
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) presence: Arc<Presence>,
     pub(crate) moderator: Moderator,
+    /// Origins whose pages may open WebSockets.
+    pub(crate) origins: AllowedOrigins,
     /// Announced in every `hello`.
     pub(crate) limits: Limits,
     pub(crate) ids: IdGen,
@@ -221,6 +228,7 @@ pub async fn run(
         rooms: rooms.clone(),
         presence: presence.clone(),
         moderator,
+        origins: AllowedOrigins::new(settings.allowed_origins.clone()),
         limits,
         ids: IdGen::new(),
         metrics,
