@@ -10,8 +10,10 @@ use std::time::Duration;
 use danmaku_bus::BusConfig;
 use danmaku_moderation::Policy;
 
+use crate::client_addr::{Cidr, TrustedProxies};
+use crate::origin::Origin;
 use crate::rooms::FanoutConfig;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Prefix of every environment variable the gateway reads.
 pub const ENV_PREFIX: &str = "DANMAKU";
@@ -58,6 +60,16 @@ pub struct Settings {
     /// Most open TCP connections (HTTP and WebSocket alike) from one client
     /// address, IPv6 counted per /64; more are refused at accept. 0 = no cap.
     pub max_connections_per_ip: u32,
+    /// Networks of the load balancers in front (CIDR, IPv4 or IPv6): only
+    /// their PROXY headers and `X-Forwarded-For` are believed, and their
+    /// connections are counted per real client. In the environment: comma-separated.
+    #[serde(deserialize_with = "list")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Origins whose pages may open WebSockets (`https://example.com`);
+    /// others get 403, requests without `Origin` pass. Empty allows all.
+    /// In the environment: comma-separated.
+    #[serde(deserialize_with = "list")]
+    pub allowed_origins: Vec<Origin>,
 
     /// A new connection whose first request has not fully arrived within
     /// this is closed, in ms: silent sockets and slowloris requests hold
@@ -161,6 +173,8 @@ impl Default for Settings {
             bad_frame_window_ms: 60_000,
             max_connections: 100_000,
             max_connections_per_ip: 50,
+            trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             http_header_timeout_ms: 10_000,
             http_idle_timeout_ms: 30_000,
             http_max_header_bytes: 16 * 1024,
@@ -395,6 +409,7 @@ impl Settings {
             max_header_bytes: self.http_max_header_bytes,
             max_per_ip: self.max_connections_per_ip,
             send_buffer: self.tcp_send_buffer_bytes,
+            trusted: TrustedProxies::new(self.trusted_proxies.clone()),
         }
     }
 
@@ -452,6 +467,33 @@ pub(crate) struct ServerConfig {
     pub(crate) max_per_ip: u32,
     /// SO_SNDBUF of accepted sockets; 0 leaves the kernel's autotuning.
     pub(crate) send_buffer: usize,
+    /// Peers whose word on the client address is believed.
+    pub(crate) trusted: TrustedProxies,
+}
+
+/// A list setting, as a TOML array or as one comma-separated string (how an
+/// environment variable gives it); blanks between items are ignored.
+fn list<'de, D, T>(de: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<String, Error = String>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(de)? {
+        Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+        Raw::Many(v) => v,
+    };
+    items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map(|s| T::try_from(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Milliseconds as a `Duration`.
@@ -511,6 +553,38 @@ mod tests {
     }
 
     #[test]
+    fn lists_come_from_toml_arrays_or_comma_separated_variables() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("DANMAKU_TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32"),
+                ("DANMAKU_ALLOWED_ORIGINS", "https://example.com"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            s.allowed_origins,
+            vec!["https://example.com".parse().unwrap()]
+        );
+        let s = Settings::load(None, env(&[("DANMAKU_TRUSTED_PROXIES", "")])).unwrap();
+        assert!(s.trusted_proxies.is_empty());
+
+        let dir = std::env::temp_dir().join(format!("danmaku-cfg-list-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("l.toml");
+        std::fs::write(&file, "trusted_proxies = [\"127.0.0.0/8\", \"::1\"]\n").unwrap();
+        let s = Settings::load(Some(&file), env(&[])).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         for (key, value) in [
             ("DANMAKU_LISTEN", "not-an-address"),
@@ -522,6 +596,8 @@ mod tests {
             ("DANMAKU_HTTP_MAX_HEADER_BYTES", "100"),
             ("DANMAKU_AUTH_MODE", "jwt"),
             ("DANMAKU_AUTH_MODE", "token"),
+            ("DANMAKU_TRUSTED_PROXIES", "10.0.0.0/8,nonsense"),
+            ("DANMAKU_ALLOWED_ORIGINS", "example.com"),
         ] {
             let err = Settings::load(None, env(&[(key, value)]))
                 .unwrap_err()

@@ -1,23 +1,26 @@
 //! HTTP: the routes, the WebSocket endpoint with its checks before the
-//! upgrade (room, identity, handshake headers, format, admission), health
+//! upgrade (origin, room, identity, handshake headers, format, admission
+//! overall and per client address), health
 //! and readiness, and the one query-string parser. The JSON API and
 //! `/metrics` live in `api.rs`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use danmaku_bus::Readiness;
 use danmaku_proto::{validate_nick, Format, Role, RoomId};
 
 use crate::api;
+use crate::client_addr::ClientAddr;
 use crate::conn::{self, Identity, Viewer};
+use crate::server::Uncounted;
 use crate::Gateway;
 
 /// The gateway's routes.
@@ -139,11 +142,17 @@ async fn bad_room() -> Response {
 async fn ws_upgrade(
     State(gw): State<Arc<Gateway>>,
     Path(room): Path<String>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(ClientAddr(client)): Extension<ClientAddr>,
+    uncounted: Option<Extension<Uncounted>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // First: a page from another site learns nothing else about us.
+    if let Err(reason) = gw.origins.check(&headers) {
+        gw.metrics.server.forbidden_origin.inc();
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
     let room = match RoomId::parse(&room) {
         Ok(room) => room,
         Err(e) => return bad_request(e.to_string()),
@@ -177,6 +186,20 @@ async fn ws_upgrade(
     if *gw.shutdown.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    // Behind a trusted proxy, the client named by `X-Forwarded-For` is
+    // counted here; other connections were counted at accept.
+    let place = match uncounted.map(|Extension(u)| u.claim(client)) {
+        None => None,
+        Some(Some(claimed)) => Some(claimed),
+        Some(None) => {
+            gw.metrics.server.refused_per_ip.inc();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address\n",
+            )
+                .into_response();
+        }
+    };
     let Some(slot) = gw.admit() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
@@ -190,7 +213,7 @@ async fn ws_upgrade(
         "conn",
         room = %room,
         conn = conn_id,
-        peer = %peer,
+        peer = %client,
         user = %identity.user,
         role = identity.role.as_str()
     );
@@ -214,7 +237,11 @@ async fn ws_upgrade(
             // The connection gets a task of its own and axum's upgrade task
             // ends here, so idle connections do not also carry axum's
             // upgrade state. The slot is released when the connection ends,
-            // or here when the upgrade fails and this never runs.
+            // or here when the upgrade fails and this never runs; so is the
+            // per-address place, which the TCP stream holds from now on.
+            if let Some(place) = place {
+                place.keep();
+            }
             conn::start(gw2, ws, viewer, slot, conn_id, span);
             std::future::ready(())
         })

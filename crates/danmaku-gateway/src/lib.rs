@@ -10,6 +10,7 @@
 
 mod api;
 pub mod auth;
+mod client_addr;
 mod cmd;
 pub mod config;
 mod conn;
@@ -17,6 +18,7 @@ mod frame;
 mod http;
 mod ids;
 mod metrics;
+mod origin;
 mod outbox;
 mod presence;
 mod rooms;
@@ -34,11 +36,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
+pub use crate::client_addr::Cidr;
 pub use crate::config::Settings;
+pub use crate::origin::Origin;
 
 use crate::config::{ms, ConnConfig};
 use crate::ids::IdGen;
 use crate::metrics::Metrics;
+use crate::origin::AllowedOrigins;
 use crate::presence::{Heartbeat, Presence};
 use crate::rooms::Rooms;
 
@@ -65,6 +70,8 @@ pub(crate) struct Gateway {
     pub(crate) moderator: Moderator,
     /// Checks tokens, at the handshake and on `auth`.
     pub(crate) auth: auth::Verifier,
+    /// Origins whose pages may open WebSockets.
+    pub(crate) origins: AllowedOrigins,
     /// Announced in every `hello`.
     pub(crate) limits: Limits,
     pub(crate) ids: IdGen,
@@ -225,6 +232,7 @@ pub async fn run(
         presence: presence.clone(),
         moderator,
         auth: auth::Verifier::new(&settings),
+        origins: AllowedOrigins::new(settings.allowed_origins.clone()),
         limits,
         ids: IdGen::new(),
         metrics,

@@ -38,9 +38,16 @@ pub(crate) struct ServerMetrics {
     pub(crate) tcp_connections: Gauge,
     /// `accept` calls that failed (out of descriptors, aborted handshakes).
     pub(crate) accept_errors: Counter,
-    /// Connections refused at accept: their address had
-    /// `max_connections_per_ip` open.
+    /// Connections refused at accept, and WebSocket upgrades refused with
+    /// 429: their client address had `max_connections_per_ip` open.
     pub(crate) refused_per_ip: Counter,
+    /// WebSocket upgrades refused (403) for an `Origin` not allowed.
+    pub(crate) forbidden_origin: Counter,
+    /// Connections closed for a PROXY header from a peer not in
+    /// `trusted_proxies`.
+    pub(crate) untrusted_proxy_header: Counter,
+    /// Connections from a trusted proxy closed for a malformed PROXY header.
+    pub(crate) bad_proxy_header: Counter,
     /// Connections closed because their first request did not arrive
     /// within `http_header_timeout_ms`.
     pub(crate) header_timeouts: Counter,
@@ -71,7 +78,7 @@ impl ServerMetrics {
         let by_reason = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "danmaku_connections_refused",
-            "TCP connections refused at accept or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
+            "TCP connections and WebSocket upgrades refused (per-address cap, origin, PROXY header) or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
             by_reason.clone(),
         );
         let reason = |reason| by_reason.get_or_create(&ReasonLabel { reason }).clone();
@@ -79,6 +86,9 @@ impl ServerMetrics {
             tcp_connections,
             accept_errors,
             refused_per_ip: reason("per_ip_limit"),
+            forbidden_origin: reason("forbidden_origin"),
+            untrusted_proxy_header: reason("untrusted_proxy_header"),
+            bad_proxy_header: reason("bad_proxy_header"),
             header_timeouts: reason("header_timeout"),
             idle_timeouts: reason("idle_timeout"),
             headers_too_large: reason("header_too_large"),
@@ -294,6 +304,8 @@ mod tests {
             "danmaku_tcp_connections 0",
             "danmaku_connections_refused_total{reason=\"per_ip_limit\"} 0",
             "danmaku_connections_refused_total{reason=\"header_timeout\"} 0",
+            "danmaku_connections_refused_total{reason=\"forbidden_origin\"} 0",
+            "danmaku_connections_refused_total{reason=\"bad_proxy_header\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -4,6 +4,11 @@
 //! request, an idle timeout between requests, a cap on the request head,
 //! and at shutdown a hard deadline after which what is left is dropped.
 //!
+//! Before hyper sees a stream, its first bytes are checked for a PROXY
+//! protocol header (see `client_addr.rs`): believed from trusted proxies,
+//! whose connections are then counted per real client, and a reason to
+//! close from anyone else.
+//!
 //! HTTP/1.1 is served by hyper directly, with the axum `Router` as the
 //! service, instead of by `axum::serve`: that has none of these bounds, and
 //! its graceful shutdown waits for every connection with no timer, so one
@@ -22,19 +27,21 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower_service::Service;
 
+use crate::client_addr::{parse_preface, ClientAddr, Preface, PROXY_MAX};
 use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
 
@@ -64,6 +71,9 @@ pub(crate) struct Server {
     router: Router,
     admission: Arc<Admission>,
     metrics: ServerMetrics,
+    /// Refusals by the per-address cap happen in the accept loop and in
+    /// connection tasks (after a PROXY header): one limit for their logs.
+    refusals: Mutex<LogLimiter>,
 }
 
 impl Server {
@@ -89,6 +99,7 @@ impl Server {
             router,
             admission,
             metrics,
+            refusals: Mutex::default(),
         }
     }
 }
@@ -109,7 +120,6 @@ pub(crate) async fn accept_until(
     let mut shutdown = pin!(shutdown);
     let mut conns = JoinSet::new();
     let mut backoff = MIN_BACKOFF;
-    let mut refusals = LogLimiter::default();
     let mut failures = LogLimiter::default();
     loop {
         let accepted = tokio::select! {
@@ -156,32 +166,95 @@ pub(crate) async fn accept_until(
                 continue;
             }
         };
-        let Some(guard) = server.admission.admit(peer.ip()) else {
-            server.metrics.refused_per_ip.inc();
-            if let Some(suppressed) = refusals.allow() {
-                tracing::warn!(
-                    peer = %peer.ip(),
-                    max = server.config.max_per_ip,
-                    suppressed,
-                    "Refusing a connection: its address has too many open"
-                );
+        // A trusted proxy's connections are counted per real client once
+        // its PROXY header (or each upgrade's `X-Forwarded-For`) names one.
+        let place = if server.config.trusted.contains(peer.ip()) {
+            None
+        } else {
+            match server.admission.claim(peer.ip()) {
+                Some(place) => Some(place),
+                None => {
+                    server.refuse_per_ip(&tcp, peer.ip());
+                    continue;
+                }
             }
-            // Only what fits in the socket at once: a refusal never waits.
-            let _ = tcp.try_write(REFUSAL);
-            continue;
         };
+        let open = server.admission.open();
         tune_socket(&tcp, server.config.send_buffer);
         conns.spawn(serve_connection(
             server.clone(),
             tcp,
             peer,
-            guard,
+            (open, place),
             stopping.clone(),
         ));
     }
     Draining {
         conns,
         dropped: server.metrics.shutdown_dropped.clone(),
+    }
+}
+
+impl Server {
+    /// Closes `tcp`, whose client address `ip` has too many open: counted,
+    /// logged at most once a second, told 429 if its socket takes it at
+    /// once (a refusal never waits).
+    fn refuse_per_ip(&self, tcp: &TcpStream, ip: IpAddr) {
+        self.metrics.refused_per_ip.inc();
+        let allowed = self.refusals.lock().allow();
+        if let Some(suppressed) = allowed {
+            tracing::warn!(
+                peer = %ip,
+                max = self.config.max_per_ip,
+                suppressed,
+                "Refusing a connection: its address has too many open"
+            );
+        }
+        let _ = tcp.try_write(REFUSAL);
+    }
+}
+
+/// Why a connection ended before HTTP.
+enum Preamble {
+    /// The header timeout passed.
+    Timeout,
+    /// Shutdown began, or the peer closed or failed.
+    Gone,
+    /// A malformed PROXY header.
+    Bad(&'static str),
+}
+
+/// Reads the start of the stream until it is known whether a PROXY header
+/// opens it; returns the header (if any) and the bytes read past it, which
+/// belong to HTTP. Bounded by `deadline` and by `PROXY_MAX` bytes.
+async fn read_preamble(
+    tcp: &mut TcpStream,
+    deadline: Instant,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<(Option<Option<IpAddr>>, Bytes), Preamble> {
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        match parse_preface(&buf) {
+            Preface::NotProxy => return Ok((None, buf.freeze())),
+            Preface::Proxy { len, source } => {
+                buf.advance(len);
+                return Ok((Some(source), buf.freeze()));
+            }
+            Preface::Bad(why) => return Err(Preamble::Bad(why)),
+            Preface::Incomplete => {}
+        }
+        if buf.len() >= PROXY_MAX {
+            return Err(Preamble::Bad("PROXY header too long"));
+        }
+        buf.reserve(256);
+        tokio::select! {
+            read = tcp.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => return Err(Preamble::Gone),
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep_until(deadline) => return Err(Preamble::Timeout),
+            _ = stopping.wait_for(|stopping| *stopping) => return Err(Preamble::Gone),
+        }
     }
 }
 
@@ -217,33 +290,93 @@ fn tune_socket(tcp: &TcpStream, send_buffer: usize) {
 /// closes it.
 async fn serve_connection(
     server: Arc<Server>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    guard: ConnGuard,
+    (open, mut place): (OpenGuard, Option<AddrPlace>),
     mut stopping: watch::Receiver<bool>,
 ) {
+    // The header timeout runs from accept, across the PROXY header too.
+    let deadline = Instant::now() + server.config.header_timeout;
+    let trusted_peer = server.config.trusted.contains(peer.ip());
+    let (proxied, prefix) = match read_preamble(&mut tcp, deadline, &mut stopping).await {
+        Ok(read) => read,
+        Err(Preamble::Timeout) => {
+            server.metrics.header_timeouts.inc();
+            return;
+        }
+        Err(Preamble::Gone) => return,
+        Err(Preamble::Bad(why)) if trusted_peer => {
+            server.metrics.bad_proxy_header.inc();
+            tracing::debug!(peer = %peer, why, "Closing: malformed PROXY header");
+            return;
+        }
+        Err(Preamble::Bad(_)) => {
+            server.metrics.untrusted_proxy_header.inc();
+            return;
+        }
+    };
+    if proxied.is_some() && !trusted_peer {
+        server.metrics.untrusted_proxy_header.inc();
+        tracing::debug!(peer = %peer, "Closing: PROXY header from a peer not in trusted_proxies");
+        return;
+    }
+    // The address this connection comes from: the PROXY header's source,
+    // else the socket's. If that is a trusted proxy too, each request's
+    // `X-Forwarded-For` names the client, and the connection is counted
+    // per client at the WebSocket upgrade instead of here.
+    let conn_ip = proxied.flatten().map_or(peer.ip(), |ip| ip.to_canonical());
+    let forwarded = server.config.trusted.contains(conn_ip);
+    if trusted_peer && !forwarded {
+        match server.admission.claim(conn_ip) {
+            Some(claimed) => place = Some(claimed),
+            None => {
+                server.refuse_per_ip(&tcp, conn_ip);
+                return;
+            }
+        }
+    }
     // Disabled at the default level, so it costs nothing per connection
     // unless asked for. Not entered around hyper: the WebSocket's own
     // `conn` span, made in a handler, stays a root span.
-    let span = tracing::debug_span!("tcp", peer = %peer);
+    let span = tracing::debug_span!("tcp", peer = %conn_ip, socket = %peer);
     // Set once hyper has read a whole request head: the first-request
     // deadline no longer applies.
     let asked = Arc::new(AtomicBool::new(false));
+    let later = Arc::new(Mutex::new(None));
     let service = {
         let router = server.router.clone();
         let asked = asked.clone();
+        let server = server.clone();
+        let later = later.clone();
         hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             asked.store(true, Ordering::Relaxed);
             // What axum's `into_make_service_with_connect_info` would insert.
             req.extensions_mut().insert(ConnectInfo(peer));
+            if forwarded {
+                let client = server
+                    .config
+                    .trusted
+                    .forwarded_client(req.headers(), conn_ip);
+                req.extensions_mut().insert(ClientAddr(client));
+                req.extensions_mut().insert(Uncounted {
+                    admission: server.admission.clone(),
+                    holder: later.clone(),
+                });
+            } else {
+                req.extensions_mut().insert(ClientAddr(conn_ip));
+            }
             // A `Router` is always ready, so no `poll_ready` first.
             let mut router = router.clone();
             router.call(req)
         })
     };
-    let io = TokioIo::new(Counted { tcp, _guard: guard });
+    let io = TokioIo::new(Counted {
+        tcp,
+        prefix,
+        _places: (open, place, later),
+    });
     let mut conn = pin!(server.http.serve_connection(io, service).with_upgrades());
-    let mut first_deadline = pin!(tokio::time::sleep(server.config.header_timeout));
+    let mut first_deadline = pin!(tokio::time::sleep_until(deadline));
     let mut waiting_first = true;
     let mut closing = false;
     loop {
@@ -370,9 +503,15 @@ impl Admission {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
+    /// Counts one more open TCP connection.
+    fn open(&self) -> OpenGuard {
+        self.open.inc();
+        OpenGuard(self.open.clone())
+    }
+
     /// Takes a place for a connection from `ip`, unless its address has
     /// `max_per_ip` open already.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnGuard> {
+    fn claim(self: &Arc<Self>, ip: IpAddr) -> Option<AddrPlace> {
         let key = if self.max_per_ip == 0 {
             None
         } else {
@@ -385,8 +524,7 @@ impl Admission {
             *open += 1;
             Some(key)
         };
-        self.open.inc();
-        Some(ConnGuard {
+        Some(AddrPlace {
             admission: self.clone(),
             key,
         })
@@ -403,27 +541,75 @@ impl Admission {
     }
 }
 
-/// A connection's place in the counts; dropping it gives the place back.
-struct ConnGuard {
+/// A connection in the count of open ones; dropping it gives it back.
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A place in the per-address count; dropping it gives the place back.
+pub(crate) struct AddrPlace {
     admission: Arc<Admission>,
     key: Option<IpKey>,
 }
 
-impl Drop for ConnGuard {
+impl Drop for AddrPlace {
     fn drop(&mut self) {
-        self.admission.open.dec();
         if let Some(key) = self.key {
             self.admission.release(key);
         }
     }
 }
 
-/// A TCP stream that keeps its place in the counts for as long as it is
+/// Where a place claimed by a request goes to live as long as the TCP
+/// connection: through the WebSocket it was upgraded to.
+type LaterPlace = Arc<Mutex<Option<AddrPlace>>>;
+
+/// A request extension on connections from a trusted proxy, whose client
+/// (from `X-Forwarded-For`) is not counted yet: the WebSocket upgrade
+/// claims its place here.
+#[derive(Clone)]
+pub(crate) struct Uncounted {
+    admission: Arc<Admission>,
+    holder: LaterPlace,
+}
+
+impl Uncounted {
+    /// A place for `client`, or `None` if its address has
+    /// `max_connections_per_ip` open already.
+    pub(crate) fn claim(&self, client: IpAddr) -> Option<Claimed> {
+        Some(Claimed {
+            place: self.admission.claim(client)?,
+            holder: self.holder.clone(),
+        })
+    }
+}
+
+/// A claimed place not yet tied to the connection: dropped (an upgrade that
+/// failed), it is given back.
+pub(crate) struct Claimed {
+    place: AddrPlace,
+    holder: LaterPlace,
+}
+
+impl Claimed {
+    /// Keeps the place for as long as the TCP connection is open.
+    pub(crate) fn keep(self) {
+        *self.holder.lock() = Some(self.place);
+    }
+}
+
+/// A TCP stream that keeps its places in the counts for as long as it is
 /// open: through HTTP, and after an upgrade inside the WebSocket, so a
-/// WebSocket counts against the per-address cap as long as it lives.
+/// WebSocket counts against the per-address cap as long as it lives. Bytes
+/// read before hyper took over (past a PROXY header) are served first.
 struct Counted {
     tcp: TcpStream,
-    _guard: ConnGuard,
+    prefix: Bytes,
+    _places: (OpenGuard, Option<AddrPlace>, LaterPlace),
 }
 
 impl AsyncRead for Counted {
@@ -432,7 +618,13 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
     }
 }
 
@@ -517,14 +709,15 @@ mod tests {
     fn the_cap_counts_open_places_per_address_and_frees_them_on_drop() {
         let open = Gauge::default();
         let admission = Arc::new(Admission::new(2, open.clone()));
-        let a = admission.admit(ip("2001:db8::1")).unwrap();
-        let b = admission.admit(ip("2001:db8::2")).unwrap();
-        assert!(admission.admit(ip("2001:db8::3")).is_none(), "same /64");
-        let other = admission.admit(ip("10.0.0.1")).unwrap();
-        assert_eq!(open.get(), 3);
+        let a = admission.claim(ip("2001:db8::1")).unwrap();
+        let b = admission.claim(ip("2001:db8::2")).unwrap();
+        assert!(admission.claim(ip("2001:db8::3")).is_none(), "same /64");
+        let other = admission.claim(ip("10.0.0.1")).unwrap();
+        let counted = admission.open();
+        assert_eq!(open.get(), 1);
         drop(a);
-        let c = admission.admit(ip("2001:db8::3")).unwrap();
-        drop((b, c, other));
+        let c = admission.claim(ip("2001:db8::3")).unwrap();
+        drop((b, c, other, counted));
         assert_eq!(open.get(), 0);
         assert!(
             admission.shards.iter().all(|s| s.lock().is_empty()),
@@ -536,12 +729,10 @@ mod tests {
     fn no_cap_admits_everyone_and_keeps_no_table() {
         let admission = Arc::new(Admission::new(0, Gauge::default()));
         let held: Vec<_> = (0..100)
-            .map(|_| admission.admit(ip("10.0.0.1")).unwrap())
+            .map(|_| admission.claim(ip("10.0.0.1")).unwrap())
             .collect();
-        assert_eq!(admission.open.get(), 100);
         assert!(admission.shards.iter().all(|s| s.lock().is_empty()));
         drop(held);
-        assert_eq!(admission.open.get(), 0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod memory;
 mod observability;
 mod pagination;
 mod protocol;
+mod proxies;
 mod raw;
 mod shutdown;
 mod slow;
