@@ -62,18 +62,7 @@ async fn refused_with_authorization(url: &str, value: &str) -> (u16, String) {
     request
         .headers_mut()
         .insert("Authorization", HeaderValue::from_str(value).unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (resp.status().as_u16(), body)
-        }
-        Err(e) => panic!("expected an HTTP refusal, got {e}"),
-        Ok(_) => panic!("expected an HTTP refusal, the upgrade succeeded"),
-    }
+    crate::support::http_refusal(tokio_tungstenite::connect_async(request).await)
 }
 
 /// The next event that is not a comment or a count.

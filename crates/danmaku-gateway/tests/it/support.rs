@@ -397,7 +397,15 @@ pub(crate) async fn connect_raw(
 
 /// The HTTP status of a refused WebSocket handshake.
 pub(crate) async fn refused_status(url: &str) -> (u16, String) {
-    match connect_raw(url, None).await {
+    http_refusal(connect_raw(url, None).await)
+}
+
+/// The status and body of a handshake the server refused over HTTP; fails
+/// the test if it was not refused that way.
+pub(crate) fn http_refusal<T>(
+    handshake: Result<T, tokio_tungstenite::tungstenite::Error>,
+) -> (u16, String) {
+    match handshake {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
                 .body()
