@@ -188,7 +188,7 @@ impl Default for Settings {
             idle_timeout_ms: 60_000,
             online_interval_ms: 5_000,
             shutdown_grace_ms: 5_000,
-            tcp_send_buffer_bytes: 16 * 1024,
+            tcp_send_buffer_bytes: 8 * 1024,
             read_buffer_bytes: 256,
             write_buffer_bytes: 8192,
             max_write_buffer_bytes: 16 * 1024,

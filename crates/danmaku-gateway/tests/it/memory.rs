@@ -36,7 +36,7 @@ async fn non_reading_viewers_hold_little_and_are_closed_in_time() {
     .await;
     assert_eq!(defaults.outbox_bytes, 32 * 1024, "the documented default");
     assert_eq!(defaults.max_write_buffer_bytes, 16 * 1024);
-    assert_eq!(defaults.tcp_send_buffer_bytes, 16 * 1024);
+    assert_eq!(defaults.tcp_send_buffer_bytes, 8 * 1024);
 
     // The healthy viewer reads everything, and notes the largest frame.
     let (healthy, _) = tokio_tungstenite::connect_async(gw.url("busy"))
