@@ -36,6 +36,43 @@ fn config() -> RedisBusConfig {
     }
 }
 
+/// Test settings keeping `history_len` comments per room.
+fn keeping(history_len: usize) -> RedisBusConfig {
+    RedisBusConfig {
+        bus: BusConfig {
+            history_len,
+            ..BusConfig::default()
+        },
+        ..config()
+    }
+}
+
+/// Publishes comments `{prefix}{i}` for each `i` in `range` to `room`, in
+/// order, and returns their ids.
+async fn post_all(
+    bus: &RedisBus,
+    room: &str,
+    prefix: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in range {
+        let c = comment(room, &format!("{prefix}{i}"));
+        post(bus, c.clone()).await.unwrap();
+        ids.push(c.id.clone());
+    }
+    ids
+}
+
+/// The ids of the next `n` comments of a subscription.
+async fn next_ids(sub: &mut Subscription, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(next_id(sub).await);
+    }
+    ids
+}
+
 /// A bus on `redis` with the test settings and its own metrics.
 fn bus(redis: &RedisServer) -> RedisBus {
     bus_with(redis, config()).0
@@ -485,13 +522,7 @@ async fn a_malformed_url_is_a_config_error_and_new_never_connects() {
 #[tokio::test]
 async fn comments_published_while_the_pubsub_connection_was_down_are_recovered_once() {
     let redis = RedisServer::start().unwrap();
-    let config = RedisBusConfig {
-        bus: BusConfig {
-            history_len: 100,
-            ..BusConfig::default()
-        },
-        ..config()
-    };
+    let config = keeping(100);
     let (a, metrics) = bus_with(&redis, config.clone());
     // `b` serves no room, so its pub/sub connection holds only the control
     // channel and is spared by the kill below: it keeps publishing while
@@ -501,27 +532,12 @@ async fn comments_published_while_the_pubsub_connection_was_down_are_recovered_o
     ready(&b).await;
     let mut sub = subscribed(&a, "gap").await;
     let mut sent = Vec::new();
-    for i in 0..5 {
-        let c = comment("gap", &format!("g{i}"));
-        post(&b, c.clone()).await.unwrap();
-        sent.push(c.id.clone());
-    }
+    sent.extend(post_all(&b, "gap", "g", 0..5).await);
     kill_pubsub_with(&redis, 2);
-    for i in 5..40 {
-        let c = comment("gap", &format!("g{i}"));
-        post(&b, c.clone()).await.unwrap();
-        sent.push(c.id.clone());
-    }
+    sent.extend(post_all(&b, "gap", "g", 5..40).await);
     ready(&a).await;
-    for i in 40..45 {
-        let c = comment("gap", &format!("g{i}"));
-        post(&b, c.clone()).await.unwrap();
-        sent.push(c.id.clone());
-    }
-    let mut got = Vec::new();
-    for _ in 0..sent.len() {
-        got.push(next_id(&mut sub).await);
-    }
+    sent.extend(post_all(&b, "gap", "g", 40..45).await);
+    let got = next_ids(&mut sub, sent.len()).await;
     assert_eq!(got, sent, "every comment once, in order");
     post(&b, comment("gap", "end")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "end", "and nothing twice");
@@ -872,13 +888,7 @@ async fn a_burst_nobody_reads_yet_is_received_whole_in_order() {
 #[tokio::test]
 async fn a_room_without_comments_before_an_outage_recovers_those_posted_during_it() {
     let redis = RedisServer::start().unwrap();
-    let config = RedisBusConfig {
-        bus: BusConfig {
-            history_len: 100,
-            ..BusConfig::default()
-        },
-        ..config()
-    };
+    let config = keeping(100);
     let rt_a = Freezable::new();
     let (a, metrics) = {
         let _on = rt_a.handle.enter();
@@ -896,11 +906,7 @@ async fn a_room_without_comments_before_an_outage_recovers_those_posted_during_i
     let thaw = rt_a.freeze();
     kill_pubsub_with(&redis, 2);
     let mut sent = Vec::new();
-    for i in 0..10 {
-        let c = comment("fresh", &format!("f{i}"));
-        post(&b, c.clone()).await.unwrap();
-        sent.push(c.id.clone());
-    }
+    sent.extend(post_all(&b, "fresh", "f", 0..10).await);
     drop(thaw);
     // Reconnected and recovered (the bus turns ready only after both).
     eventually("a reconnected and recovered", || async {
@@ -914,10 +920,7 @@ async fn a_room_without_comments_before_an_outage_recovers_those_posted_during_i
     post(&b, comment("fresh", "end")).await.unwrap();
     sent.push("end".into());
 
-    let mut got = Vec::new();
-    for _ in 0..sent.len() {
-        got.push(next_id(&mut sub).await);
-    }
+    let got = next_ids(&mut sub, sent.len()).await;
     assert_eq!(got, sent, "every comment once, in order");
     post(&b, comment("fresh", "after")).await.unwrap();
     assert_eq!(next_id(&mut sub).await, "after", "and nothing twice");
