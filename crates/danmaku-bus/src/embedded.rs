@@ -638,3 +638,30 @@ mod tests {
         assert!(bus.instances().await.unwrap().is_empty());
     }
 }
+
+impl crate::Limiter for EmbeddedBus {
+    fn check_limits(
+        &self,
+        _checks: Vec<crate::LimitCheck>,
+    ) -> BoxFuture<'_, Result<Option<crate::LimitExceeded>, BusError>> {
+        Box::pin(async { Err(BusError::Unavailable("limits: not yet implemented".into())) })
+    }
+}
+
+impl crate::StateStore for EmbeddedBus {
+    fn load_state(&self) -> BoxFuture<'_, Result<crate::StateSnapshot, BusError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn write_state(&self, _write: crate::StateWrite) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Err(BusError::Unavailable("state: not yet implemented".into())) })
+    }
+
+    fn read_log(
+        &self,
+        _log: &str,
+        _n: usize,
+    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}

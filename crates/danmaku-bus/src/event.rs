@@ -33,6 +33,12 @@ impl RoomEvent {
     }
 }
 
+/// The `kind` of a control message the bus itself delivers, with an empty
+/// `origin` and `body`, when it may have missed messages (the pub/sub link
+/// was down, or the receiver lagged): receivers reload whatever state they
+/// keep from control messages.
+pub const CONTROL_RESYNC: &str = "bus.resync";
+
 /// A node-to-node control message. The bus does not interpret `kind` or
 /// `body`: they belong to whoever sends them (moderation, next).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,12 @@
 //! - [`Broker`]: a room's events (publish, subscribe) and its history;
 //! - [`PresenceManager`]: the fleet's heartbeats and per-room counts;
 //! - [`Controller`]: node-to-node control messages, fleet-wide;
-//! - [`Health`]: whether posts can be taken now.
+//! - [`Health`]: whether posts can be taken now;
+//! - [`Limiter`]: fleet-wide rate limits, slow mode and duplicate checks;
+//! - [`StateStore`]: durable fleet state (moderation's mutes, room modes,
+//!   word lists and action log), opaque to the bus.
 //!
-//! [`Bus`] is all four at once, and what the gateway holds (as
+//! [`Bus`] is all of them at once, and what the gateway holds (as
 //! `Arc<dyn Bus>`): [`EmbeddedBus`] keeps everything in this process (the
 //! default for a single instance), [`RedisBus`] shares it across a fleet
 //! through one Redis.
@@ -25,8 +28,10 @@ mod deadline;
 mod embedded;
 mod envelope;
 mod event;
+mod limit;
 mod metrics;
 mod redis;
+mod state;
 mod subscription;
 mod throttle;
 
@@ -37,9 +42,11 @@ use std::time::Duration;
 use danmaku_proto::{Danmaku, RoomId};
 
 pub use crate::embedded::EmbeddedBus;
-pub use crate::event::{ControlMessage, RoomEvent};
+pub use crate::event::{ControlMessage, RoomEvent, CONTROL_RESYNC};
+pub use crate::limit::{LimitCheck, LimitExceeded, LimitKind, Limiter};
 pub use crate::metrics::BusMetrics;
 pub use crate::redis::{RedisBus, RedisBusConfig};
+pub use crate::state::{StateOp, StateSnapshot, StateStore, StateWrite};
 pub use crate::subscription::{ControlSubscription, RecvError, Subscription};
 
 /// A boxed future, so the bus traits can be used as trait objects.
@@ -84,6 +91,12 @@ pub struct BusConfig {
     /// [`BusError::Unavailable`]. The bus is the one owner of this bound,
     /// so callers need no timeout of their own.
     pub op_timeout: Duration,
+    /// Entries kept per [`StateStore`] log.
+    pub state_log_len: usize,
+    /// Embedded bus only: where [`StateStore`] state is saved (one file,
+    /// written atomically) so it survives a restart; `None` keeps it in
+    /// memory only. (On Redis, state lives in Redis.)
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for BusConfig {
@@ -94,6 +107,8 @@ impl Default for BusConfig {
             history_max_bytes: 64 << 20,
             room_queue_max: 65_536,
             op_timeout: Duration::from_secs(2),
+            state_log_len: 200,
+            state_dir: None,
         }
     }
 }
@@ -196,9 +211,9 @@ pub trait Health: Send + Sync + 'static {
 }
 
 /// Everything a gateway needs from the bus, in one trait object.
-pub trait Bus: Broker + PresenceManager + Controller + Health {}
+pub trait Bus: Broker + PresenceManager + Controller + Health + Limiter + StateStore {}
 
-impl<T: Broker + PresenceManager + Controller + Health + ?Sized> Bus for T {}
+impl<T: Broker + PresenceManager + Controller + Health + Limiter + StateStore + ?Sized> Bus for T {}
 
 /// Milliseconds since the Unix epoch, for timestamps on the wire.
 pub fn now_ms() -> u64 {

@@ -381,6 +381,7 @@ impl Settings {
             room_queue_max: self.room_queue_max,
             history_max_bytes: self.history_max_bytes,
             op_timeout: ms(self.bus_timeout_ms),
+            ..BusConfig::default()
         }
     }
 

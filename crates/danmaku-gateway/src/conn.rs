@@ -369,6 +369,7 @@ impl Conn {
                 cmd::post::handle(self, post).await;
                 Ok(())
             }
+            Ok(ClientEvent::Moderate(command)) => cmd::moderate::handle(self, command).await,
         };
         match outcome {
             Ok(()) => None,
@@ -394,6 +395,7 @@ impl Conn {
         let mut message = reason;
         message.truncate(message.floor_char_boundary(200));
         self.reply(&ServerEvent::Error {
+            nonce: None,
             code: ErrorCode::BadFrame,
             message,
         });

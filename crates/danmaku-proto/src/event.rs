@@ -119,11 +119,23 @@ pub enum RejectCode {
     Unauthorized,
     /// The connection's token has expired; refresh it with `auth`.
     TokenExpired,
+    /// The poster is muted in this room or everywhere; `retry_after_ms`
+    /// says when the mute ends, and is absent for a permanent one.
+    Muted,
+    /// The room is in slow mode and the poster posted less than its
+    /// interval ago; see `retry_after_ms`.
+    SlowMode,
+    /// The room is locked: only moderators and admins may post.
+    RoomLocked,
+    /// The poster sent the same text (after normalisation) moments ago.
+    Duplicate,
+    /// The text holds a blocked word.
+    Blocked,
 }
 
 impl RejectCode {
     /// Every code, in declaration order: metrics keep one series per code.
-    pub const ALL: [RejectCode; 8] = [
+    pub const ALL: [RejectCode; 13] = [
         RejectCode::Empty,
         RejectCode::TooLong,
         RejectCode::BadRequest,
@@ -132,6 +144,11 @@ impl RejectCode {
         RejectCode::InvalidText,
         RejectCode::Unauthorized,
         RejectCode::TokenExpired,
+        RejectCode::Muted,
+        RejectCode::SlowMode,
+        RejectCode::RoomLocked,
+        RejectCode::Duplicate,
+        RejectCode::Blocked,
     ];
 
     /// The wire name, for logs and metrics labels.
@@ -145,6 +162,11 @@ impl RejectCode {
             RejectCode::InvalidText => "invalid_text",
             RejectCode::Unauthorized => "unauthorized",
             RejectCode::TokenExpired => "token_expired",
+            RejectCode::Muted => "muted",
+            RejectCode::SlowMode => "slow_mode",
+            RejectCode::RoomLocked => "room_locked",
+            RejectCode::Duplicate => "duplicate",
+            RejectCode::Blocked => "blocked",
         }
     }
 }
@@ -158,6 +180,12 @@ pub enum ErrorCode {
     /// An `auth` token was refused: malformed, wrongly signed, expired, or
     /// for another user than the connection's.
     BadToken,
+    /// A `moderate` command from a connection whose token does not let it
+    /// act in this room.
+    Forbidden,
+    /// A `moderate` command whose fields are wrong; the message names the
+    /// field.
+    BadRequest,
 }
 
 /// Everything a gateway sends to a client.
@@ -214,10 +242,22 @@ pub enum ServerEvent {
     },
     /// A frame could not be handled.
     Error {
+        /// The command's nonce, when the frame was a command that has one
+        /// (`moderate`); a checked [`Nonce`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<Nonce>,
         /// Stable reason.
         code: ErrorCode,
         /// Human-readable reason.
         message: String,
+    },
+    /// A `moderate` command took effect on every instance's rules.
+    Moderated {
+        /// The command's nonce, echoed; a checked [`Nonce`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<Nonce>,
+        /// The command's action, echoed.
+        action: String,
     },
     /// The connection's token was replaced by the one an `auth` sent.
     AuthOk {
@@ -302,6 +342,50 @@ impl Auth {
     }
 }
 
+/// A moderator's command on its open connection, acting in the
+/// connection's room (or everywhere, for `global` mutes and word lists,
+/// which need an admin or a moderator of every room). The same actions as
+/// the admin HTTP API; answered by `moderated` or an `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Moderate {
+    /// `mute`, `unmute`, `slow_mode`, `lock`, `unlock`, `recall`,
+    /// `block_word`, `unblock_word`, `allow_word` or `disallow_word`.
+    pub action: String,
+    /// The user, for `mute` and `unmute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `mute`: its length (0 is permanent); `slow_mode`: the interval (0
+    /// turns it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u64>,
+    /// `mute`: a shadow mute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+    /// `mute`, `unmute`: everywhere rather than in this room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<bool>,
+    /// `recall`: the comment's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The word, for the word-list actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word: Option<String>,
+    /// `block_word`: `block` (default) or `mask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_action: Option<String>,
+    /// Echoed in `moderated` or `error`. Unchecked here, as in [`Post`];
+    /// [`Moderate::nonce`] checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+impl Moderate {
+    /// The nonce, checked: `Ok(None)` when it has none.
+    pub fn nonce(&self) -> Result<Option<Nonce>, NonceTooLong> {
+        self.nonce.as_deref().map(Nonce::parse).transpose()
+    }
+}
+
 /// Everything a client may send.
 ///
 /// Serialized like the server events, as a map tagged by `type`. Its
@@ -316,4 +400,6 @@ pub enum ClientEvent {
     Ping(Ping),
     /// Replace the connection's token.
     Auth(Auth),
+    /// A moderator's action.
+    Moderate(Moderate),
 }

@@ -17,7 +17,8 @@ pub use codec::{
     Format, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
 pub use event::{
-    Auth, ClientEvent, Danmaku, ErrorCode, Hello, Limits, Mode, Ping, Post, RejectCode, ServerEvent,
+    Auth, ClientEvent, Danmaku, ErrorCode, Hello, Limits, Mode, Moderate, Ping, Post, RejectCode,
+    ServerEvent,
 };
 pub use validate::{
     validate_color, validate_nick, validate_text, InvalidNick, InvalidRoomId, InvalidText, Nonce,

@@ -6,5 +6,6 @@
 //! connection then counts it as a bad frame.
 
 pub(crate) mod auth;
+pub(crate) mod moderate;
 pub(crate) mod ping;
 pub(crate) mod post;
