@@ -26,6 +26,13 @@ LOADGEN_BIN=$ROOT/target/release/danmaku-loadgen
 # environment win.
 export DANMAKU_POST_RATE_COUNT=${DANMAKU_POST_RATE_COUNT:-1000000}
 export DANMAKU_POST_BURST=${DANMAKU_POST_BURST:-1000000}
+# Likewise the per-address budget (every poster shares 127.0.0.x) and the
+# duplicate check (the load generator's texts repeat); moderation state in
+# memory, so a benchmark leaves no data directory behind.
+export DANMAKU_IP_RATE_COUNT=${DANMAKU_IP_RATE_COUNT:-1000000}
+export DANMAKU_IP_BURST=${DANMAKU_IP_BURST:-1000000}
+export DANMAKU_DUPLICATE_WINDOW_MS=${DANMAKU_DUPLICATE_WINDOW_MS:-0}
+export DANMAKU_DATA_DIR=${DANMAKU_DATA_DIR:-}
 # Every load generator connection comes from one address: no per-address cap.
 export DANMAKU_MAX_CONNECTIONS_PER_IP=${DANMAKU_MAX_CONNECTIONS_PER_IP:-0}
 export DANMAKU_LISTEN=${DANMAKU_LISTEN:-127.0.0.1:0}

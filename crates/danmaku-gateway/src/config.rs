@@ -142,6 +142,53 @@ pub struct Settings {
     pub auth_secret: Secrets,
     /// Whether a connection without a token may watch; when false it gets 401.
     pub anonymous_watch: bool,
+    /// A bearer token for the admin HTTP API with every right, for
+    /// operators and scripts; empty disables it (tokens with role `admin`
+    /// or `moderator` still work).
+    pub admin_token: Secret,
+    /// When set, `/api/rooms`, `/api/instances` and `/api/stats` need it (or
+    /// `admin_token`, or a moderator's or admin's token) as a bearer token;
+    /// empty leaves them open.
+    pub api_read_token: Secret,
+
+    /// Longest comment from a moderator or admin, in Unicode scalar values.
+    pub max_text_chars_moderator: u32,
+    /// Posts per client address (IPv6 per /64) per `ip_window_ms`,
+    /// sustained, on this instance and across the fleet. Behind a NAT many
+    /// viewers share one address, so it is several users' worth.
+    pub ip_rate_count: u32,
+    /// Window of `ip_rate_count`, in ms.
+    pub ip_window_ms: u64,
+    /// Posts a client address may send at once before its rate applies.
+    pub ip_burst: u32,
+    /// Moderators' and admins' post budget is this many times a viewer's.
+    pub moderator_rate_factor: u32,
+    /// The same user posting the same text (after normalisation) again
+    /// within this is refused as `duplicate`, in ms; 0 turns it off.
+    pub duplicate_window_ms: u64,
+    /// How often idle keys are evicted from the local rate limiters, in ms.
+    pub limiter_evict_interval_ms: u64,
+    /// Blocked words loaded at start (one a line: `word` or
+    /// `word<TAB>mask`) into the fleet's shared list; empty loads none.
+    pub blocklist_file: String,
+    /// Embedded bus: where moderation state (mutes, room modes, word lists,
+    /// the action log) is saved so a restart keeps it; empty keeps it in
+    /// memory only. With Redis, state lives in Redis.
+    pub data_dir: String,
+    /// Moderator actions kept per room (and for fleet-wide actions) in the
+    /// action log that `/api/rooms/{room}/moderation` shows.
+    pub moderation_log_len: usize,
+}
+
+/// One secret string: never printed, so settings can be debug-logged.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "<none>" } else { "<secret>" })
+    }
 }
 
 /// The token secrets: never printed, so settings can be debug-logged.
@@ -203,6 +250,18 @@ impl Default for Settings {
             auth_mode: "open".into(),
             auth_secret: Secrets::default(),
             anonymous_watch: true,
+            admin_token: Secret::default(),
+            api_read_token: Secret::default(),
+            max_text_chars_moderator: 300,
+            ip_rate_count: 30,
+            ip_window_ms: 10_000,
+            ip_burst: 15,
+            moderator_rate_factor: 10,
+            duplicate_window_ms: 30_000,
+            limiter_evict_interval_ms: 60_000,
+            blocklist_file: String::new(),
+            data_dir: "data".into(),
+            moderation_log_len: 200,
         }
     }
 }
@@ -255,6 +314,13 @@ impl Settings {
                 .collect();
             builder = builder.set_override("auth_secret", list)?;
         }
+        // Strings that may look like numbers, kept exactly as given.
+        for key in ["admin_token", "api_read_token", "blocklist_file", "data_dir"] {
+            let var = format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase());
+            if let Some(value) = vars.remove(&var) {
+                builder = builder.set_override(key, value)?;
+            }
+        }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
@@ -267,7 +333,14 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, u64); 19] = [
+        let positive: [(&'static str, u64); 26] = [
+            ("max_text_chars_moderator", self.max_text_chars_moderator.into()),
+            ("ip_rate_count", self.ip_rate_count.into()),
+            ("ip_window_ms", self.ip_window_ms),
+            ("ip_burst", self.ip_burst.into()),
+            ("moderator_rate_factor", self.moderator_rate_factor.into()),
+            ("limiter_evict_interval_ms", self.limiter_evict_interval_ms),
+            ("moderation_log_len", self.moderation_log_len as u64),
             ("max_text_chars", self.max_text_chars.into()),
             ("room_queue_max", self.room_queue_max as u64),
             ("max_frame_bytes", self.max_frame_bytes.into()),
@@ -370,6 +443,13 @@ impl Settings {
             post_rate_count: self.post_rate_count,
             post_window: ms(self.post_window_ms),
             post_burst: self.post_burst,
+            max_text_chars_moderator: self.max_text_chars_moderator,
+            ip_rate_count: self.ip_rate_count,
+            ip_window: ms(self.ip_window_ms),
+            ip_burst: self.ip_burst,
+            moderator_rate_factor: self.moderator_rate_factor,
+            duplicate_window: ms(self.duplicate_window_ms),
+            ..Policy::default()
         }
     }
 
@@ -381,7 +461,8 @@ impl Settings {
             room_queue_max: self.room_queue_max,
             history_max_bytes: self.history_max_bytes,
             op_timeout: ms(self.bus_timeout_ms),
-            ..BusConfig::default()
+            state_log_len: self.moderation_log_len,
+            state_dir: (!self.data_dir.is_empty()).then(|| self.data_dir.clone().into()),
         }
     }
 

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use danmaku_moderation::ConnState;
 use danmaku_proto::{
     decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Role, RoomId,
     ServerEvent,
@@ -105,6 +104,9 @@ pub(crate) struct Viewer {
     pub(crate) format: Format,
     /// Who the connection speaks for.
     pub(crate) identity: Identity,
+    /// The client's address (from a trusted proxy when behind one): the
+    /// key of the per-address post limits.
+    pub(crate) ip: std::net::IpAddr,
 }
 
 /// Everything one connection keeps. Command handlers get it whole.
@@ -119,8 +121,6 @@ pub(crate) struct Conn {
     ws: WebSocket,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) viewer: Viewer,
-    /// Rate-limit state, made on the first post: most viewers never post.
-    pub(crate) moderation: Option<Box<ConnState>>,
     /// Bad frames in the current window, and when the window started.
     bad_frames: (u32, Instant),
     /// When the client last sent anything, pongs included.
@@ -161,7 +161,6 @@ pub(crate) fn start(
         membership: Some(membership),
         _slot: slot,
         conn_id,
-        moderation: None,
         bad_frames: (0, now),
         last_heard: now,
     });

@@ -33,10 +33,30 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(api::metrics))
+        .merge(read_api(gw.clone()))
+        .merge(crate::admin::routes())
+        .with_state(gw)
+}
+
+/// The read API, behind `api_read_token` when one is configured.
+fn read_api(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
+    Router::new()
         .route("/api/rooms", get(api::rooms))
         .route("/api/instances", get(api::instances))
         .route("/api/stats", get(api::stats))
-        .with_state(gw)
+        .route_layer(axum::middleware::from_fn_with_state(gw, read_guard))
+}
+
+/// Lets a read API request through only with the read credentials.
+async fn read_guard(
+    State(gw): State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match crate::admin::check_read(&gw, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// The WebSocket version this server speaks (RFC 6455 §4.1).
@@ -221,6 +241,7 @@ async fn ws_upgrade(
         room,
         format,
         identity,
+        ip: client,
     };
     let c = &gw.conn;
     let gw2 = gw.clone();
@@ -338,6 +359,11 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
             .into_response();
     }
     match gw.bus.readiness() {
+        Readiness::Ready if !gw.modstate.is_ready() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: moderation state not loaded yet\n",
+        )
+            .into_response(),
         Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
         Readiness::NotReady(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

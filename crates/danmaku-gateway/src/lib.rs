@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: only this crate knows WebSocket and HTTP.
 
+mod admin;
 mod api;
 pub mod auth;
 mod client_addr;
@@ -18,6 +19,7 @@ mod frame;
 mod http;
 mod ids;
 mod metrics;
+mod modstate;
 mod origin;
 mod outbox;
 mod presence;
@@ -37,6 +39,7 @@ use tokio::sync::watch;
 
 pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
 pub use crate::client_addr::Cidr;
+pub use crate::modstate::{ActionRecord, RoomModeration};
 pub use crate::config::Settings;
 pub use crate::origin::Origin;
 
@@ -67,7 +70,13 @@ pub(crate) struct Gateway {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) presence: Arc<Presence>,
-    pub(crate) moderator: Moderator,
+    /// The moderation rules, kept in step with the fleet; posts are judged
+    /// by its moderator.
+    pub(crate) modstate: Arc<modstate::ModState>,
+    /// `admin_token`; empty when none is configured.
+    pub(crate) admin_token: String,
+    /// `api_read_token`; empty leaves the read API open.
+    pub(crate) api_read_token: String,
     /// Checks tokens, at the handshake and on `auth`.
     pub(crate) auth: auth::Verifier,
     /// Origins whose pages may open WebSockets.
@@ -160,6 +169,21 @@ fn build_bus(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Bus>, Gat
     Ok(Arc::new(bus))
 }
 
+/// The words of `blocklist_file`, or none when it is not set; a file that
+/// cannot be read or parsed stops the start, naming the line.
+fn load_blocklist(
+    settings: &Settings,
+) -> Result<Vec<(String, danmaku_moderation::WordAction)>, GatewayError> {
+    if settings.blocklist_file.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = &settings.blocklist_file;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| GatewayError::Config(format!("blocklist_file {path}: {e}")))?;
+    danmaku_moderation::parse_blocklist(&text)
+        .map_err(|e| GatewayError::Config(format!("blocklist_file {path}: {e}")))
+}
+
 /// Pulse channels; connection n listens to pulse n % PULSE_PHASES.
 const PULSE_PHASES: usize = 8;
 
@@ -196,9 +220,17 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let moderator =
         Moderator::new(settings.policy()).map_err(|e| GatewayError::Config(e.to_string()))?;
+    let seed = load_blocklist(&settings)?;
     let instance_id = settings.instance_id();
     let metrics = Metrics::new(&instance_id);
     let bus = build_bus(&settings, &metrics)?;
+    let modstate = Arc::new(modstate::ModState::new(
+        bus.clone(),
+        moderator,
+        metrics.actions.clone(),
+        instance_id.clone(),
+        seed,
+    ));
     let address = if settings.public_address.is_empty() {
         listener.local_addr()?.to_string()
     } else {
@@ -230,7 +262,9 @@ pub async fn run(
         bus: bus.clone(),
         rooms: rooms.clone(),
         presence: presence.clone(),
-        moderator,
+        modstate: modstate.clone(),
+        admin_token: settings.admin_token.0.clone(),
+        api_read_token: settings.api_read_token.0.clone(),
         auth: auth::Verifier::new(&settings),
         origins: AllowedOrigins::new(settings.allowed_origins.clone()),
         limits,
@@ -257,8 +291,20 @@ pub async fn run(
     tokio::spawn(run_pulses(
         pulse_txs,
         ms(settings.ping_interval_ms),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(modstate.clone().run(
+        ms(settings.limiter_evict_interval_ms),
         stop_rx,
     ));
+    // Posts wait for the rules; give them a moment to load before serving,
+    // so a healthy store means no post is refused for it. A store that is
+    // down does not stop the start: posts are refused `unavailable` (and
+    // /readyz says why) until it answers.
+    let loading = tokio::time::Instant::now() + 2 * ms(settings.bus_timeout_ms);
+    while !modstate.is_ready() && tokio::time::Instant::now() < loading {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
     let server = Arc::new(server::Server::new(

@@ -24,6 +24,38 @@ struct CodeLabel {
     code: &'static str,
 }
 
+/// Label of the moderator-actions counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+/// Every kind of moderator action, as counted and logged.
+pub(crate) const ACTION_KINDS: [&str; 8] = [
+    "mute",
+    "unmute",
+    "room_settings",
+    "block_word",
+    "unblock_word",
+    "allow_word",
+    "disallow_word",
+    "recall",
+];
+
+/// Moderator actions per kind, indexed like `ACTION_KINDS`; handles on
+/// the registry's counters, cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ActionCounters([Counter; ACTION_KINDS.len()]);
+
+impl ActionCounters {
+    /// Counts an action of kind `action` (one of `ACTION_KINDS`).
+    pub(crate) fn inc(&self, action: &str) {
+        if let Some(i) = ACTION_KINDS.iter().position(|a| *a == action) {
+            self.0[i].inc();
+        }
+    }
+}
+
 /// Label of the refused-connections counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -156,6 +188,10 @@ pub(crate) struct Metrics {
     pub(crate) posts_accepted: Counter,
     /// Refused posts per code, indexed like `REJECT_CODES`.
     rejected: [Counter; REJECT_CODES.len()],
+    /// Posts of shadow-muted users: acknowledged, shown to the poster only.
+    pub(crate) posts_shadowed: Counter,
+    /// Moderator actions per kind.
+    pub(crate) actions: ActionCounters,
     /// Fan-out counters, shared with the room tasks.
     pub(crate) fanout: FanoutMetrics,
     /// The bus's own counters (reconnects, recoveries, unknown events).
@@ -195,6 +231,21 @@ impl Metrics {
                 })
                 .clone()
         });
+        let posts_shadowed = Counter::default();
+        registry.register(
+            "danmaku_posts_shadowed",
+            "Posts of shadow-muted users, acknowledged and shown to their poster only",
+            posts_shadowed.clone(),
+        );
+        let by_action = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "danmaku_moderation_actions",
+            "Moderator actions taken through this instance, by kind",
+            by_action.clone(),
+        );
+        let actions = ActionCounters(
+            ACTION_KINDS.map(|action| by_action.get_or_create(&ActionLabel { action }).clone()),
+        );
         let fanout = FanoutMetrics::default();
         registry.register(
             "danmaku_comments_fanned_out",
@@ -255,6 +306,8 @@ impl Metrics {
             rooms,
             posts_accepted,
             rejected,
+            posts_shadowed,
+            actions,
             fanout,
             bus,
             server,

@@ -186,6 +186,8 @@ pub enum ErrorCode {
     /// A `moderate` command whose fields are wrong; the message names the
     /// field.
     BadRequest,
+    /// A `moderate` command could not be stored right now; nothing changed.
+    Unavailable,
 }
 
 /// Everything a gateway sends to a client.

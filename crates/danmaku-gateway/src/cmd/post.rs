@@ -1,13 +1,14 @@
-//! `post`: a comment from the client. It is moderated, given a fleet-unique
-//! id, published on the bus, and answered with `ack` only once published;
+//! `post`: a comment from the client. It is moderated (locally, then
+//! against the fleet-wide limits), given a fleet-unique id, published on the
+//! bus, and answered with `ack` only once published;
 //! every refusal is a `reject` with a stable code. Identity comes first: in
 //! `token` mode a guest may not post, and a token that expired on the open
 //! connection stops its posts until `auth` refreshes it.
 
 use std::sync::Arc;
 
-use danmaku_bus::{now_ms, RoomEvent};
-use danmaku_moderation::PostContext;
+use danmaku_bus::{now_ms, LimitCheck, LimitKind, RoomEvent};
+use danmaku_moderation::{ClusterCheck, ClusterKind, PostContext, Refusal};
 use danmaku_proto::{Danmaku, Nonce, Post, RejectCode, ServerEvent};
 
 use crate::conn::Conn;
@@ -32,22 +33,47 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
         }
         _ => {}
     }
+    if !gw.modstate.is_ready() {
+        let message = "moderation rules are still loading; nothing was published";
+        return refuse(conn, nonce, RejectCode::Unavailable, message.into(), Some(1000));
+    }
+    let moderator = &gw.modstate.moderator;
     let ctx = PostContext {
         room: &conn.viewer.room,
         user: &identity.user,
         role: identity.role,
-        now: gw.moderator.now(),
+        ip: conn.viewer.ip,
+        now: moderator.now(),
+        wall_ms: now_ms(),
     };
-    let state = conn
-        .moderation
-        .get_or_insert_with(|| Box::new(gw.moderator.conn_state()));
-    let accepted = match gw.moderator.check(&ctx, state, &post) {
-        Ok(accepted) => accepted,
-        Err(refusal) => {
-            let retry = refusal.retry_after.map(|d| d.as_millis() as u64);
-            return refuse(conn, nonce, refusal.code, refusal.message, retry);
+    let checked = match moderator.check(&ctx, &post) {
+        Ok(checked) => checked,
+        Err(refusal) => return refuse_with(conn, nonce, refusal),
+    };
+    // Fleet-wide limits (slow mode, budgets, duplicates), in one atomic
+    // round trip, then the blocked-word verdict: the steps' order holds.
+    if !checked.cluster.is_empty() {
+        let checks = checked.cluster.iter().map(limit_check).collect();
+        match gw.bus.check_limits(checks).await {
+            Ok(None) => {}
+            Ok(Some(exceeded)) => {
+                let Some(check) = checked.cluster.get(exceeded.index) else {
+                    return refuse(conn, nonce, RejectCode::RateLimited, "posting too fast".into(), None);
+                };
+                let refusal = moderator.refusal(check, exceeded.retry_after);
+                return refuse_with(conn, nonce, refusal);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Limit check failed");
+                let message = "service temporarily unavailable; nothing was published";
+                return refuse(conn, nonce, RejectCode::Unavailable, message.into(), Some(1000));
+            }
         }
-    };
+    }
+    if let Some(refusal) = checked.blocked {
+        return refuse_with(conn, nonce, refusal);
+    }
+    let accepted = checked.accepted;
     let comment = Arc::new(Danmaku {
         id: gw.ids.next(),
         room: conn.viewer.room.as_str().to_owned(),
@@ -59,6 +85,14 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
         ts: now_ms(),
     });
     let id = comment.id.clone();
+    if checked.shadow {
+        // A shadow-muted poster is answered and shown its own comment as
+        // usual; nothing is published, so nobody else ever receives it.
+        gw.metrics.posts_shadowed.inc();
+        conn.reply(&ServerEvent::Ack { nonce, id });
+        conn.reply(&ServerEvent::Danmaku(Arc::unwrap_or_clone(comment)));
+        return;
+    }
     // The outbox is not drained while this awaits, so the ack is queued
     // before the poster's own comment can be written. The bus bounds the
     // call itself and reports a timeout as an error.
@@ -83,6 +117,25 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
             );
         }
     }
+}
+
+/// The bus's form of a fleet-wide check moderation asked for.
+fn limit_check(check: &ClusterCheck) -> LimitCheck {
+    LimitCheck {
+        key: check.key.clone(),
+        kind: match check.kind {
+            ClusterKind::Gcra { period, burst } => LimitKind::Gcra { period, burst },
+            ClusterKind::Once { ttl } => LimitKind::Once { ttl },
+        },
+    }
+}
+
+/// Sends moderation's refusal.
+fn refuse_with(conn: &Conn, nonce: Option<Nonce>, refusal: Refusal) {
+    let retry = refusal
+        .retry_after
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    refuse(conn, nonce, refusal.code, refusal.message, retry)
 }
 
 /// Counts and sends a `reject`.

@@ -10,6 +10,7 @@ mod handshake;
 mod hardening;
 mod limits;
 mod memory;
+mod moderation;
 mod observability;
 mod pagination;
 mod protocol;

@@ -26,13 +26,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Settings for tests: everything the defaults have, on a free port, with
-/// short heartbeats.
+/// short heartbeats, moderation state kept in memory (tests that need it
+/// on disk give their own `data_dir`), and, since every test client posts
+/// from 127.0.0.1, no practical per-address post budget or duplicate check
+/// (the moderation tests set their own).
 pub(crate) fn settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         heartbeat_interval_ms: 200,
         heartbeat_ttl_ms: 1_000,
         shutdown_grace_ms: 3_000,
+        data_dir: String::new(),
+        ip_rate_count: 1_000_000,
+        ip_burst: 1_000_000,
+        duplicate_window_ms: 0,
         ..Settings::default()
     }
 }
@@ -458,6 +465,10 @@ impl GatewayProcess {
             .env("DANMAKU_INSTANCE_ID", instance_id)
             .env("DANMAKU_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .env("DANMAKU_DATA_DIR", "")
+            .env("DANMAKU_IP_RATE_COUNT", "1000000")
+            .env("DANMAKU_IP_BURST", "1000000")
+            .env("DANMAKU_DUPLICATE_WINDOW_MS", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
