@@ -323,3 +323,24 @@ fn the_schemas_list_every_code_in_order() {
         listed("moderated.json", "action")
     );
 }
+
+#[test]
+fn the_protocol_documents_every_code_and_action() {
+    let protocol = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../proto/PROTOCOL.md"
+    ))
+    .unwrap();
+    for code in RejectCode::ALL {
+        let row = format!("| `{}`", code.as_str());
+        assert!(protocol.contains(&row), "{row} in §8.1");
+    }
+    for code in ["bad_frame", "bad_token", "forbidden", "bad_request"] {
+        let row = format!("| `{code}`");
+        assert!(protocol.contains(&row), "{row} in §8.2");
+    }
+    for action in listed("moderate.json", "action") {
+        let row = format!("| `{action}`");
+        assert!(protocol.contains(&row), "{row} in §7.2b");
+    }
+}
