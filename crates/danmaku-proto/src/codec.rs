@@ -214,7 +214,7 @@ pub fn decode_server(format: Format, bytes: &[u8]) -> Result<ServerEvent, Decode
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Danmaku, Mode, Ping, Post, RejectCode};
+    use crate::event::{Danmaku, ErrorCode, Mode, Moderate, Ping, Post, RejectCode};
     use crate::validate::{Nonce, NonceTooLong};
 
     fn danmaku(i: u32) -> ServerEvent {
@@ -376,6 +376,10 @@ mod tests {
         Bin(&'a [u8]),
         Nil,
         Int(u8),
+        Bool(bool),
+        /// A negative fixint, -32..=-1.
+        Neg(i8),
+        F64(f64),
     }
 
     /// Appends one [`Mp`] value.
@@ -388,6 +392,12 @@ mod tests {
             }
             Mp::Nil => out.push(0xc0),
             Mp::Int(i) => out.push(i & 0x7f),
+            Mp::Bool(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
+            Mp::Neg(i) => out.push(0xe0 | (*i as u8 & 0x1f)),
+            Mp::F64(f) => {
+                out.push(0xcb);
+                out.extend_from_slice(&f.to_be_bytes());
+            }
         }
     }
 
@@ -587,5 +597,245 @@ mod tests {
             assert!(decode_client(Format::Json, bad).is_err());
         }
         assert!(decode_client(Format::MsgPack, &[0xc1]).is_err());
+    }
+
+    fn mute() -> Moderate {
+        Moderate {
+            action: "mute".into(),
+            user: Some("u1".into()),
+            seconds: Some(600),
+            shadow: Some(true),
+            global: Some(false),
+            nonce: Some("m1".into()),
+            ..Moderate::default()
+        }
+    }
+
+    #[test]
+    fn moderate_round_trips_in_both_formats() {
+        let every_field = Moderate {
+            action: "block_word".into(),
+            user: Some("u2".into()),
+            seconds: Some(u64::MAX),
+            shadow: Some(false),
+            global: Some(true),
+            id: Some("abc-1".into()),
+            word: Some("spam".into()),
+            word_action: Some("mask".into()),
+            nonce: Some(String::new()),
+        };
+        let bare = Moderate {
+            action: "lock".into(),
+            ..Moderate::default()
+        };
+        for command in [mute(), every_field, bare] {
+            let event = ClientEvent::Moderate(command);
+            let json = serde_json::to_vec(&event).unwrap();
+            assert_eq!(decode_client(Format::Json, &json).unwrap(), event);
+            let mp = rmp_serde::to_vec_named(&event).unwrap();
+            assert_eq!(decode_client(Format::MsgPack, &mp).unwrap(), event);
+        }
+        // Written by hand: `type` last, null for the absent, an unknown
+        // field and fields of other events (of any type) ignored.
+        let json = br#"{"action":"mute","user":"u1","seconds":600,"shadow":true,
+            "global":false,"nonce":"m1","id":null,"word":null,"text":5,"token":[],
+            "extra":{"seconds":-1},"type":"moderate"}"#;
+        assert_eq!(
+            decode_client(Format::Json, json).unwrap(),
+            ClientEvent::Moderate(mute())
+        );
+        let mp = mp_map(&[
+            (Mp::Str("type"), Mp::Str("moderate")),
+            (Mp::Str("action"), Mp::Str("mute")),
+            (Mp::Str("user"), Mp::Str("u1")),
+            (Mp::Str("seconds"), Mp::Int(100)),
+            (Mp::Str("shadow"), Mp::Bool(true)),
+            (Mp::Str("global"), Mp::Bool(false)),
+            (Mp::Str("nonce"), Mp::Str("m1")),
+            (Mp::Str("word_action"), Mp::Nil),
+            (Mp::Str("color"), Mp::Bin(b"x")),
+        ]);
+        let expected = Moderate {
+            seconds: Some(100),
+            ..mute()
+        };
+        assert_eq!(
+            decode_client(Format::MsgPack, &mp).unwrap(),
+            ClientEvent::Moderate(expected)
+        );
+        // MessagePack may write a positive number in a signed type (int 8).
+        let mut signed = mp_map(&[
+            (Mp::Str("type"), Mp::Str("moderate")),
+            (Mp::Str("action"), Mp::Str("slow_mode")),
+        ]);
+        signed[0] += 1;
+        push_str(&mut signed, "seconds");
+        signed.extend_from_slice(&[0xd0, 30]);
+        let ClientEvent::Moderate(slow) = decode_client(Format::MsgPack, &signed).unwrap() else {
+            panic!("not a moderate");
+        };
+        assert_eq!(slow.seconds, Some(30));
+    }
+
+    /// The decode error of `json`, which must not decode.
+    fn json_error(json: &str) -> String {
+        match decode_client(Format::Json, json.as_bytes()) {
+            Ok(event) => panic!("{json} decoded to {event:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn moderate_field_types_are_checked_and_named() {
+        for (field, value, said) in [
+            ("seconds", "-1", "invalid value: integer `-1`"),
+            ("seconds", "1.5", "a float"),
+            ("seconds", "60.0", "a float"),
+            ("seconds", "1e3", "a float"),
+            ("seconds", "18446744073709551616", "a float"),
+            ("seconds", r#""60""#, r#"string "60""#),
+            ("seconds", "true", "boolean `true`"),
+            ("shadow", "1", "integer `1`"),
+            ("shadow", r#""true""#, r#"string "true""#),
+            ("global", "[]", "an array"),
+            ("user", "7", "integer `7`"),
+            ("id", "{}", "a map"),
+            ("word", "false", "boolean `false`"),
+            ("word_action", "0", "integer `0`"),
+            ("nonce", "1", "integer `1`"),
+            ("action", "null", "null"),
+            ("action", "5", "integer `5`"),
+        ] {
+            let json = format!(r#"{{"type":"moderate","action":"mute","{field}":{value}}}"#);
+            let json = json.replacen(r#""action":"mute","action""#, r#""action""#, 1);
+            let err = json_error(&json);
+            assert!(err.contains(&format!("`{field}` to be")), "{json}: {err}");
+            assert!(err.contains(said), "{json}: {err}");
+        }
+        assert!(json_error(r#"{"type":"moderate"}"#).contains("missing field `action`"));
+        // The same checks in MessagePack.
+        for (field, value) in [
+            ("seconds", Mp::Neg(-1)),
+            ("seconds", Mp::F64(60.0)),
+            ("seconds", Mp::Str("60")),
+            ("seconds", Mp::Bin(b"60")),
+            ("shadow", Mp::Int(1)),
+            ("global", Mp::Str("yes")),
+            ("user", Mp::Bin(b"u1")),
+            ("word", Mp::Bool(true)),
+        ] {
+            let mp = mp_map(&[
+                (Mp::Str("type"), Mp::Str("moderate")),
+                (Mp::Str("action"), Mp::Str("mute")),
+                (Mp::Str(field), value),
+            ]);
+            let err = decode_client(Format::MsgPack, &mp).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{field}` to be")), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeated_moderate_fields_are_errors_only_in_a_moderate() {
+        // Whether `type` comes before or after the repeated field.
+        for json in [
+            r#"{"type":"moderate","action":"lock","action":"unlock"}"#,
+            r#"{"action":"lock","seconds":1,"seconds":2,"type":"moderate"}"#,
+            r#"{"action":"lock","type":"moderate","user":"a","user":"b"}"#,
+            r#"{"type":"moderate","action":"lock","nonce":"a","nonce":"b"}"#,
+            r#"{"type":"moderate","action":"lock","text":"a","text":"b"}"#,
+        ] {
+            assert!(json_error(json).contains("duplicate field"), "{json}");
+        }
+        // In other events those keys are unknown keys, as they were before
+        // `moderate`: skipped, repeats and wrong types included.
+        for json in [
+            r#"{"type":"ping","user":1,"user":[],"seconds":-1,"seconds":"x"}"#,
+            r#"{"user":1,"user":[],"shadow":"no","type":"ping","seconds":-1}"#,
+        ] {
+            assert_eq!(
+                decode_client(Format::Json, json.as_bytes()).unwrap(),
+                ping(None),
+                "{json}"
+            );
+        }
+        let mp = mp_map(&[
+            (Mp::Str("action"), Mp::Bin(b"x")),
+            (Mp::Str("action"), Mp::Neg(-3)),
+            (Mp::Str("type"), Mp::Str("ping")),
+            (Mp::Str("action"), Mp::F64(1.0)),
+        ]);
+        assert_eq!(decode_client(Format::MsgPack, &mp).unwrap(), ping(None));
+    }
+
+    #[test]
+    fn moderated_and_error_carry_the_nonce() {
+        let nonce = Nonce::parse("m1").ok();
+        let cases = [
+            (
+                ServerEvent::Moderated {
+                    nonce: nonce.clone(),
+                    action: "mute".into(),
+                },
+                r#"{"type":"moderated","nonce":"m1","action":"mute"}"#,
+            ),
+            (
+                ServerEvent::Moderated {
+                    nonce: None,
+                    action: "lock".into(),
+                },
+                r#"{"type":"moderated","action":"lock"}"#,
+            ),
+            (
+                ServerEvent::Error {
+                    nonce: nonce.clone(),
+                    code: ErrorCode::Forbidden,
+                    message: "m".into(),
+                },
+                r#"{"type":"error","nonce":"m1","code":"forbidden","message":"m"}"#,
+            ),
+            (
+                ServerEvent::Error {
+                    nonce,
+                    code: ErrorCode::BadRequest,
+                    message: "seconds: at most 300".into(),
+                },
+                r#"{"type":"error","nonce":"m1","code":"bad_request","message":"seconds: at most 300"}"#,
+            ),
+            (
+                ServerEvent::Error {
+                    nonce: None,
+                    code: ErrorCode::BadFrame,
+                    message: "m".into(),
+                },
+                r#"{"type":"error","code":"bad_frame","message":"m"}"#,
+            ),
+        ];
+        for (event, json) in cases {
+            assert_eq!(encode(Format::Json, &event), Encoded::Text(json.into()));
+            for format in Format::ALL {
+                let bytes = encode(format, &event);
+                assert_eq!(decode_server(format, bytes.as_bytes()).unwrap(), event);
+            }
+        }
+    }
+
+    #[test]
+    fn the_new_reject_codes_have_their_wire_names() {
+        for code in RejectCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+        let muted = ServerEvent::Reject {
+            nonce: None,
+            code: RejectCode::Muted,
+            message: "m".into(),
+            retry_after_ms: Some(1500),
+        };
+        assert_eq!(
+            encode(Format::Json, &muted),
+            Encoded::Text(
+                r#"{"type":"reject","code":"muted","message":"m","retry_after_ms":1500}"#.into()
+            )
+        );
     }
 }

@@ -238,7 +238,9 @@ pub enum ServerEvent {
         code: RejectCode,
         /// Human-readable reason.
         message: String,
-        /// When a retry may succeed, for `rate_limited`.
+        /// When a retry may succeed: always given with `rate_limited` and
+        /// `slow_mode`, with `muted` unless the mute is permanent, and
+        /// perhaps with `unavailable`; the schema requires the first two.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },

@@ -1,7 +1,7 @@
 //! Property tests: the decoders return `Ok` or `Err` on any input, never panic,
 //! and anything that decodes re-encodes to something that decodes the same.
 
-use danmaku_proto::{decode_client, decode_server, ClientEvent, Format};
+use danmaku_proto::{decode_client, decode_server, ClientEvent, Format, Moderate};
 use proptest::prelude::*;
 
 /// Bytes that are often close to valid: mutations of real frames, plus noise.
@@ -10,6 +10,17 @@ fn near_valid() -> impl Strategy<Value = Vec<u8>> {
         br##"{"type":"post","text":"hi","color":"#ffffff","mode":"top","nonce":"1"}"##.to_vec(),
         br#"{"type":"ping","nonce":"x"}"#.to_vec(),
         rmp_serde::to_vec_named(&ClientEvent::Ping(Default::default())).unwrap(),
+        br#"{"type":"moderate","action":"mute","user":"u1","seconds":600,"shadow":true,"global":false,"nonce":"m"}"#.to_vec(),
+        br#"{"type":"moderate","action":"block_word","word":"spam","word_action":"mask"}"#.to_vec(),
+        rmp_serde::to_vec_named(&ClientEvent::Moderate(Moderate {
+            action: "slow_mode".into(),
+            seconds: Some(30),
+            global: Some(true),
+            id: Some("abc-1".into()),
+            nonce: Some("n".into()),
+            ..Moderate::default()
+        }))
+        .unwrap(),
     ];
     (
         proptest::sample::select(seeds),
@@ -49,6 +60,9 @@ proptest! {
                     }
                     ClientEvent::Auth(auth) => {
                         let _ = auth.nonce();
+                    }
+                    ClientEvent::Moderate(command) => {
+                        let _ = command.nonce();
                     }
                 }
                 let again = match format {
