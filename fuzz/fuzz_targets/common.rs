@@ -13,6 +13,7 @@ pub fn decode(format: Format, data: &[u8]) {
         ClientEvent::Post(post) => post.nonce(),
         ClientEvent::Ping(ping) => ping.nonce(),
         ClientEvent::Auth(auth) => auth.nonce(),
+        ClientEvent::Moderate(command) => command.nonce(),
     };
     let again = match format {
         Format::Json => serde_json::to_vec(&event).expect("a client event serializes"),

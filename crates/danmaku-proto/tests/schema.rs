@@ -150,7 +150,11 @@ fn server_samples() -> Vec<ServerEvent> {
             message: "m".into(),
         });
     }
-    for code in [ErrorCode::Forbidden, ErrorCode::BadRequest] {
+    for code in [
+        ErrorCode::Forbidden,
+        ErrorCode::BadRequest,
+        ErrorCode::Unavailable,
+    ] {
         for nonce in [nonce("m2"), None] {
             events.push(ServerEvent::Error {
                 nonce,
@@ -287,6 +291,7 @@ fn error_code_name(code: ErrorCode) -> &'static str {
         ErrorCode::BadToken => "bad_token",
         ErrorCode::Forbidden => "forbidden",
         ErrorCode::BadRequest => "bad_request",
+        ErrorCode::Unavailable => "unavailable",
     }
 }
 
@@ -311,6 +316,7 @@ fn the_schemas_list_every_code_in_order() {
         ErrorCode::BadToken,
         ErrorCode::Forbidden,
         ErrorCode::BadRequest,
+        ErrorCode::Unavailable,
     ];
     for code in all {
         let wire = serde_json::to_value(code).unwrap();

@@ -16,7 +16,7 @@ pub(crate) fn handle(conn: &mut Conn, auth: Auth) -> Result<(), String> {
     let refuse = |conn: &Conn, message: String| {
         tracing::debug!(reason = %message, "Token refresh refused");
         conn.reply(&ServerEvent::Error {
-            nonce: nonce.clone(),
+            nonce: None,
             code: ErrorCode::BadToken,
             message,
         });
