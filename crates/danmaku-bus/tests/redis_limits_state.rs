@@ -2,8 +2,9 @@
 //! per test: GCRA bursts and their `retry_after`, all-or-nothing checks,
 //! `Once` keys, one budget shared by two instances, limit keys that expire
 //! on their own; state tables and capped logs, a write announced to another
-//! instance that then sees it, and every one of these operations failing
-//! within `op_timeout` while Redis is down.
+//! instance that then sees it, `CONTROL_RESYNC` after Redis restarts, and
+//! every one of these operations failing within `op_timeout` while Redis
+//! is down.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use bytes::Bytes;
 use danmaku_bus::{
     BusConfig, BusError, BusMetrics, ControlMessage, ControlSubscription, Controller, Health,
     LimitCheck, LimitExceeded, LimitKind, Limiter, Readiness, RedisBus, RedisBusConfig, StateOp,
-    StateSnapshot, StateStore, StateWrite,
+    StateSnapshot, StateStore, StateWrite, CONTROL_RESYNC,
 };
 use danmaku_testkit::RedisServer;
 
@@ -306,6 +307,35 @@ async fn a_state_write_is_announced_to_another_instance_which_then_sees_it() {
         assert_eq!(b.read_log("actions", 1).await.unwrap(), [vec![round]]);
         assert_eq!(next_control(&mut ca).await, announce, "the writer too");
     }
+}
+
+#[tokio::test]
+async fn control_subscribers_are_told_to_resync_after_redis_restarts() {
+    let mut redis = RedisServer::start().unwrap();
+    let bus = ready_bus(&redis).await;
+    passes(&bus, &[gcra("user:f", Duration::from_secs(60), 1)]).await;
+    assert!(bus.load_state().await.unwrap().is_empty());
+    let mut control = bus.subscribe_control();
+    redis.restart().unwrap();
+    let msg = next_control(&mut control).await;
+    assert_eq!(
+        msg,
+        ControlMessage {
+            origin: String::new(),
+            kind: CONTROL_RESYNC.into(),
+            body: Bytes::new(),
+        }
+    );
+    // Once the command connection is replaced too, the scripts are loaded
+    // again into the new Redis (NOSCRIPT), whose limit state is empty.
+    let check = vec![gcra("user:f", Duration::from_secs(60), 1)];
+    let outcome = eventually("limits are checked again", || async {
+        bus.check_limits(check.clone()).await.ok()
+    })
+    .await;
+    assert_eq!(outcome, None, "a fresh budget");
+    assert!(bus.load_state().await.unwrap().is_empty());
+    assert_eq!(control.try_recv().unwrap(), None, "one resync");
 }
 
 #[tokio::test]

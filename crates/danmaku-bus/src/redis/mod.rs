@@ -207,7 +207,8 @@ impl Controller for RedisBus {
     /// Fails at once unless the bus is ready (this instance would not
     /// receive its own message otherwise); resolves within `op_timeout`.
     /// Messages published while an instance's pub/sub link is down are not
-    /// replayed to it: control state must be re-announced, not assumed.
+    /// replayed to it; once it is back, its control subscribers receive
+    /// [`crate::CONTROL_RESYNC`] instead, and reload.
     fn publish_control(&self, msg: ControlMessage) -> BoxFuture<'_, Result<(), BusError>> {
         let inner = &self.inner;
         Box::pin(bounded(inner.op_timeout(), "control message", async move {
