@@ -14,6 +14,15 @@
 //! exceeds the budget keeps only its newest comments that fit. Rooms whose
 //! last write is older than `history_max_age` are dropped on the way, so an
 //! abandoned room costs nothing once its comments could no longer be shown.
+//!
+//! Limits (`embedded/limits.rs`) are a map on the monotonic clock whose
+//! idle keys are swept; state (`embedded/state.rs`) is kept in memory and,
+//! with a [`BusConfig::state_dir`], in one file written atomically. Its
+//! announcements go to the local control subscribers, like
+//! [`Controller::publish_control`].
+
+mod limits;
+mod state;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -22,11 +31,15 @@ use danmaku_proto::{Danmaku, RoomId};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use self::limits::Limits;
+use self::state::Store;
+use crate::deadline::bounded;
 use crate::subscription::Fanout;
 use crate::{
     now_ms, BoxFuture, Broker, BusConfig, BusError, BusMetrics, ControlMessage,
-    ControlSubscription, Controller, Health, InstanceReport, InstanceStatus, PresenceManager,
-    Readiness, RoomEvent, Subscription,
+    ControlSubscription, Controller, Health, InstanceReport, InstanceStatus, LimitCheck,
+    LimitExceeded, Limiter, PresenceManager, Readiness, RoomEvent, StateSnapshot, StateStore,
+    StateWrite, Subscription,
 };
 
 /// Control messages buffered per control subscriber.
@@ -58,6 +71,10 @@ struct Inner {
     /// The last heartbeat of the single instance.
     report: Mutex<Option<InstanceStatus>>,
     control: broadcast::Sender<ControlMessage>,
+    /// Limit state (`Limiter`).
+    limits: Limits,
+    /// Tables and logs (`StateStore`).
+    state: Store,
 }
 
 /// Every room's recent comments, within a global byte budget.
@@ -235,8 +252,27 @@ impl Drop for Guard {
 }
 
 impl EmbeddedBus {
-    /// A new, empty bus.
+    /// A new bus, with the state saved in [`BusConfig::state_dir`] if there
+    /// is some. Never fails: a state file that cannot be read is logged,
+    /// set aside (renamed `state.msgpack.corrupt-{ms}`, so it is not
+    /// overwritten) and the state starts empty. [`EmbeddedBus::open`]
+    /// refuses such a file instead.
     pub fn new(config: BusConfig, metrics: BusMetrics) -> EmbeddedBus {
+        let state = Store::open_or_empty(config.state_dir.clone());
+        EmbeddedBus::with_state(config, metrics, state)
+    }
+
+    /// Like [`EmbeddedBus::new`], but a state file in
+    /// [`BusConfig::state_dir`] that cannot be read is an error
+    /// ([`BusError::Config`]) and left untouched, for a caller that would
+    /// rather not start than start without its saved state.
+    pub fn open(config: BusConfig, metrics: BusMetrics) -> Result<EmbeddedBus, BusError> {
+        let state = Store::open(config.state_dir.clone())
+            .map_err(|e| BusError::Config(format!("saved state: {e}")))?;
+        Ok(EmbeddedBus::with_state(config, metrics, state))
+    }
+
+    fn with_state(config: BusConfig, metrics: BusMetrics, state: Store) -> EmbeddedBus {
         EmbeddedBus {
             inner: Arc::new(Inner {
                 config,
@@ -245,6 +281,8 @@ impl EmbeddedBus {
                 history: Mutex::new(History::default()),
                 report: Mutex::new(None),
                 control: broadcast::channel(CONTROL_BUFFER).0,
+                limits: Limits::new(),
+                state,
             }),
         }
     }
@@ -639,29 +677,303 @@ mod tests {
     }
 }
 
-impl crate::Limiter for EmbeddedBus {
+impl Limiter for EmbeddedBus {
+    /// Decided at once, under one short lock.
     fn check_limits(
         &self,
-        _checks: Vec<crate::LimitCheck>,
-    ) -> BoxFuture<'_, Result<Option<crate::LimitExceeded>, BusError>> {
-        Box::pin(async { Err(BusError::Unavailable("limits: not yet implemented".into())) })
+        checks: Vec<LimitCheck>,
+    ) -> BoxFuture<'_, Result<Option<LimitExceeded>, BusError>> {
+        ready(Ok(self.inner.limits.check(&checks)))
     }
 }
 
-impl crate::StateStore for EmbeddedBus {
-    fn load_state(&self) -> BoxFuture<'_, Result<crate::StateSnapshot, BusError>> {
-        Box::pin(async { Ok(Vec::new()) })
+impl StateStore for EmbeddedBus {
+    fn load_state(&self) -> BoxFuture<'_, Result<StateSnapshot, BusError>> {
+        ready(Ok(self.inner.state.snapshot()))
     }
 
-    fn write_state(&self, _write: crate::StateWrite) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async { Err(BusError::Unavailable("state: not yet implemented".into())) })
+    /// Saves the file (with a `state_dir`) on a blocking thread, then
+    /// makes the write current and announces it to the local control
+    /// subscribers. The write runs in a task of its own, so it completes
+    /// (or not) as a whole even if the caller gives up at `op_timeout`; a
+    /// timed-out write's outcome is unknown, as with Redis.
+    fn write_state(&self, write: StateWrite) -> BoxFuture<'_, Result<(), BusError>> {
+        let inner = self.inner.clone();
+        Box::pin(bounded(
+            self.inner.config.op_timeout,
+            "state write",
+            async move {
+                let task = tokio::spawn(async move {
+                    let log_len = inner.config.state_log_len;
+                    inner.state.write(write, log_len, &inner.control).await
+                });
+                task.await
+                    .map_err(|e| BusError::Unavailable(format!("state write: {e}")))?
+            },
+        ))
     }
 
-    fn read_log(
-        &self,
-        _log: &str,
-        _n: usize,
-    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
-        Box::pin(async { Ok(Vec::new()) })
+    fn read_log(&self, log: &str, n: usize) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
+        ready(Ok(self.inner.state.read_log(log, n)))
+    }
+}
+
+#[cfg(test)]
+mod limit_and_state_tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::state::{STATE_FILE, TEMP_FILE};
+    use super::*;
+    use crate::{LimitKind, StateOp};
+
+    /// A fresh scratch directory, removed on drop.
+    struct ScratchDir(PathBuf);
+
+    impl ScratchDir {
+        fn new(name: &str) -> ScratchDir {
+            let dir = std::env::temp_dir().join(format!(
+                "danmaku-bus-{name}-{}-{}",
+                std::process::id(),
+                now_ms()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            ScratchDir(dir)
+        }
+
+        fn files(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for ScratchDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn saving_to(dir: &ScratchDir, log_len: usize) -> BusConfig {
+        BusConfig {
+            state_dir: Some(dir.0.clone()),
+            state_log_len: log_len,
+            ..BusConfig::default()
+        }
+    }
+
+    fn put(table: &str, field: &str, value: &[u8]) -> StateOp {
+        StateOp::Put {
+            table: table.into(),
+            field: field.into(),
+            value: Bytes::copy_from_slice(value),
+        }
+    }
+
+    fn sorted(mut snapshot: StateSnapshot) -> StateSnapshot {
+        snapshot.sort();
+        for (_, fields) in &mut snapshot {
+            fields.sort();
+        }
+        snapshot
+    }
+
+    #[tokio::test]
+    async fn limits_are_checked_all_or_nothing_through_the_bus() {
+        let bus = EmbeddedBus::new(BusConfig::default(), BusMetrics::default());
+        let user = LimitCheck {
+            key: "user:alice".into(),
+            kind: LimitKind::Gcra {
+                period: Duration::from_secs(60),
+                burst: 2,
+            },
+        };
+        let dup = LimitCheck {
+            key: "dup:alice:hello".into(),
+            kind: LimitKind::Once {
+                ttl: Duration::from_secs(60),
+            },
+        };
+        assert_eq!(
+            bus.check_limits(vec![user.clone(), dup.clone()])
+                .await
+                .unwrap(),
+            None
+        );
+        let refused = bus
+            .check_limits(vec![user.clone(), dup.clone()])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refused.index, 1);
+        assert!(refused.retry_after <= Duration::from_secs(60));
+        assert!(refused.retry_after > Duration::from_secs(59));
+        // The refusal did not charge "user": one event of its burst is left.
+        assert_eq!(bus.check_limits(vec![user.clone()]).await.unwrap(), None);
+        let refused = bus.check_limits(vec![user]).await.unwrap().unwrap();
+        assert_eq!(refused.index, 0);
+        assert!(refused.retry_after > Duration::from_secs(59));
+        assert!(refused.retry_after <= Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn state_round_trips_and_the_announcement_follows_the_write() {
+        let bus = EmbeddedBus::new(
+            BusConfig {
+                state_log_len: 3,
+                ..BusConfig::default()
+            },
+            BusMetrics::default(),
+        );
+        assert!(bus.load_state().await.unwrap().is_empty());
+        let mut control = bus.subscribe_control();
+        let announce = ControlMessage {
+            origin: "gw".into(),
+            kind: "moderation.changed".into(),
+            body: Bytes::from_static(b"\x01"),
+        };
+        bus.write_state(StateWrite {
+            ops: vec![
+                put("mutes", "alice", b"\x00\xff"),
+                put("mutes", "bob", b"2"),
+                put("modes", "room1", b"slow"),
+            ],
+            log: (0..5u8)
+                .map(|i| ("actions".to_owned(), Bytes::from(vec![i])))
+                .collect(),
+            announce: Some(announce.clone()),
+        })
+        .await
+        .unwrap();
+        assert_eq!(control.recv().await.unwrap(), announce);
+        assert_eq!(
+            sorted(bus.load_state().await.unwrap()),
+            [
+                (
+                    "modes".to_owned(),
+                    vec![("room1".to_owned(), Bytes::from_static(b"slow"))]
+                ),
+                (
+                    "mutes".to_owned(),
+                    vec![
+                        ("alice".to_owned(), Bytes::from_static(b"\x00\xff")),
+                        ("bob".to_owned(), Bytes::from_static(b"2")),
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(
+            bus.read_log("actions", 10).await.unwrap(),
+            [vec![4u8], vec![3], vec![2]]
+        );
+        assert_eq!(
+            bus.read_log("actions", 2).await.unwrap(),
+            [vec![4u8], vec![3]]
+        );
+        bus.write_state(StateWrite {
+            ops: vec![StateOp::Delete {
+                table: "mutes".into(),
+                field: "alice".into(),
+            }],
+            ..StateWrite::default()
+        })
+        .await
+        .unwrap();
+        let state = sorted(bus.load_state().await.unwrap());
+        assert_eq!(state[1].1, [("bob".to_owned(), Bytes::from_static(b"2"))]);
+        assert_eq!(control.try_recv().unwrap(), None, "nothing announced");
+    }
+
+    #[tokio::test]
+    async fn saved_state_survives_a_restart_and_no_temporary_file_is_left() {
+        let dir = ScratchDir::new("restart");
+        {
+            let bus = EmbeddedBus::open(saving_to(&dir, 2), BusMetrics::default()).unwrap();
+            for i in 0..3u8 {
+                bus.write_state(StateWrite {
+                    ops: vec![put("mutes", &format!("u{i}"), &[i, 0xff])],
+                    log: vec![("actions".into(), Bytes::from(vec![i]))],
+                    announce: None,
+                })
+                .await
+                .unwrap();
+                assert_eq!(dir.files(), [STATE_FILE], "only the state file");
+            }
+        }
+        let bus = EmbeddedBus::open(saving_to(&dir, 2), BusMetrics::default()).unwrap();
+        let state = sorted(bus.load_state().await.unwrap());
+        assert_eq!(
+            state,
+            [(
+                "mutes".to_owned(),
+                (0..3u8)
+                    .map(|i| (format!("u{i}"), Bytes::from(vec![i, 0xff])))
+                    .collect::<Vec<_>>()
+            )]
+        );
+        assert_eq!(
+            bus.read_log("actions", 10).await.unwrap(),
+            [vec![2u8], vec![1]]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leftover_temporary_file_is_removed_and_an_unreadable_one_set_aside() {
+        let dir = ScratchDir::new("corrupt");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        // A crash mid-write leaves the temporary file: ignored and removed.
+        std::fs::write(dir.0.join(TEMP_FILE), b"half a fi").unwrap();
+        let bus = EmbeddedBus::open(saving_to(&dir, 10), BusMetrics::default()).unwrap();
+        assert!(bus.load_state().await.unwrap().is_empty());
+        assert!(dir.files().is_empty(), "{:?}", dir.files());
+        drop(bus);
+
+        std::fs::write(dir.0.join(STATE_FILE), b"not msgpack").unwrap();
+        let refused = EmbeddedBus::open(saving_to(&dir, 10), BusMetrics::default());
+        assert!(matches!(refused, Err(BusError::Config(_))), "{refused:?}");
+        assert_eq!(dir.files(), [STATE_FILE], "left untouched");
+
+        let bus = EmbeddedBus::new(saving_to(&dir, 10), BusMetrics::default());
+        assert!(bus.load_state().await.unwrap().is_empty());
+        let files = dir.files();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].starts_with("state.msgpack.corrupt-"), "{files:?}");
+        bus.write_state(StateWrite {
+            ops: vec![put("t", "f", b"v")],
+            ..StateWrite::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(dir.files().len(), 2, "the bad file is kept");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_be_saved_changes_nothing() {
+        let dir = ScratchDir::new("unsavable");
+        // A file where the directory should be: nothing can be saved.
+        std::fs::write(&dir.0, b"in the way").unwrap();
+        let bus = EmbeddedBus::new(saving_to(&dir, 10), BusMetrics::default());
+        let mut control = bus.subscribe_control();
+        let out = bus
+            .write_state(StateWrite {
+                ops: vec![put("t", "f", b"v")],
+                log: vec![("l".into(), Bytes::from_static(b"e"))],
+                announce: Some(ControlMessage {
+                    origin: "gw".into(),
+                    kind: "k".into(),
+                    body: Bytes::new(),
+                }),
+            })
+            .await;
+        assert!(matches!(out, Err(BusError::Unavailable(_))), "{out:?}");
+        assert!(bus.load_state().await.unwrap().is_empty());
+        assert!(bus.read_log("l", 10).await.unwrap().is_empty());
+        assert_eq!(control.try_recv().unwrap(), None);
+        let _ = std::fs::remove_file(&dir.0);
     }
 }

@@ -159,7 +159,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Decoded, EnvelopeError> {
 }
 
 /// Serializes as MessagePack `bin`, not as an array of numbers.
-struct Bin<'a>(&'a [u8]);
+pub(crate) struct Bin<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for Bin<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -168,7 +168,7 @@ impl Serialize for Bin<'_> {
 }
 
 /// Reads MessagePack `bin` (or an array of bytes) into owned bytes.
-struct OwnedBin(Vec<u8>);
+pub(crate) struct OwnedBin(pub(crate) Vec<u8>);
 
 impl<'de> Deserialize<'de> for OwnedBin {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -94,7 +94,8 @@ pub struct BusConfig {
     /// Entries kept per [`StateStore`] log.
     pub state_log_len: usize,
     /// Embedded bus only: where [`StateStore`] state is saved (one file,
-    /// written atomically) so it survives a restart; `None` keeps it in
+    /// `state.msgpack`, replaced atomically on each write; the directory is
+    /// created if missing) so it survives a restart; `None` keeps it in
     /// memory only. (On Redis, state lives in Redis.)
     pub state_dir: Option<std::path::PathBuf>,
 }

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{broadcast, Notify};
 
-use crate::{ControlMessage, RoomEvent};
+use crate::{ControlMessage, RoomEvent, CONTROL_RESYNC};
 
 /// Why a `recv` returned without an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,9 +242,25 @@ fn try_recv<T: Clone>(rx: &mut broadcast::Receiver<T>) -> Result<Option<T>, Recv
 
 /// A live subscription to the fleet's control messages: each message
 /// published after it was made arrives once, in publish order.
+///
+/// When messages may have been missed, a [`CONTROL_RESYNC`] message takes
+/// their place, so a receiver has one way to learn it must reload: the
+/// Redis bus sends one after its pub/sub link comes (back) up, and a
+/// reader that fell more than the buffer behind gets one instead of the
+/// messages it lost. So `recv` never returns [`RecvError::Lagged`]; its
+/// only error is [`RecvError::Closed`], once the bus is gone.
 #[derive(Debug)]
 pub struct ControlSubscription {
     rx: broadcast::Receiver<ControlMessage>,
+}
+
+/// What a lagging reader receives in place of the messages it lost.
+fn resync() -> ControlMessage {
+    ControlMessage {
+        origin: String::new(),
+        kind: CONTROL_RESYNC.to_owned(),
+        body: bytes::Bytes::new(),
+    }
 }
 
 impl ControlSubscription {
@@ -253,15 +269,22 @@ impl ControlSubscription {
         ControlSubscription { rx }
     }
 
-    /// The next control message.
+    /// The next control message, or [`CONTROL_RESYNC`] if some were lost.
     pub async fn recv(&mut self) -> Result<ControlMessage, RecvError> {
-        Ok(self.rx.recv().await?)
+        match self.rx.recv().await {
+            Ok(msg) => Ok(msg),
+            Err(broadcast::error::RecvError::Lagged(_)) => Ok(resync()),
+            Err(broadcast::error::RecvError::Closed) => Err(RecvError::Closed),
+        }
     }
 
-    /// The next control message if one is already waiting; `Ok(None)` if
-    /// none is.
+    /// The next control message if one is already waiting (or
+    /// [`CONTROL_RESYNC`] if some were lost); `Ok(None)` if none is.
     pub fn try_recv(&mut self) -> Result<Option<ControlMessage>, RecvError> {
-        try_recv(&mut self.rx)
+        match try_recv(&mut self.rx) {
+            Err(RecvError::Lagged(_)) => Ok(Some(resync())),
+            other => other,
+        }
     }
 }
 
@@ -350,5 +373,30 @@ mod tests {
         fanout.remove(id2);
         fanout.remove(id);
         assert_eq!(fanout.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_control_reader_gets_a_resync_in_place_of_what_it_lost() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut sub = ControlSubscription::new(rx);
+        let mut other = ControlSubscription::new(tx.subscribe());
+        let msg = |n: u8| ControlMessage {
+            origin: "gw".into(),
+            kind: "k".into(),
+            body: bytes::Bytes::from(vec![n]),
+        };
+        for n in 0..5 {
+            tx.send(msg(n)).unwrap();
+        }
+        assert_eq!(sub.recv().await.unwrap(), resync());
+        assert_eq!(sub.recv().await.unwrap(), msg(3));
+        assert_eq!(sub.try_recv().unwrap(), Some(msg(4)));
+        assert_eq!(sub.try_recv().unwrap(), None);
+        assert_eq!(other.try_recv().unwrap(), Some(resync()));
+        assert_eq!(other.try_recv().unwrap(), Some(msg(3)));
+        assert_eq!(resync().kind, CONTROL_RESYNC);
+        drop(tx);
+        assert_eq!(other.recv().await.unwrap(), msg(4));
+        assert_eq!(other.recv().await, Err(RecvError::Closed));
     }
 }

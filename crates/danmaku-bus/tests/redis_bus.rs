@@ -14,7 +14,7 @@ use std::time::Duration;
 use danmaku_bus::{
     now_ms, Broker, BusConfig, BusError, BusMetrics, ControlMessage, Controller, Health,
     InstanceReport, PresenceManager, Readiness, RecvError, RedisBus, RedisBusConfig, RoomEvent,
-    Subscription,
+    Subscription, CONTROL_RESYNC,
 };
 use danmaku_proto::{Danmaku, RoomId};
 use danmaku_testkit::{comment, RedisServer};
@@ -805,6 +805,12 @@ async fn control_messages_reach_every_instance_once_the_sender_included() {
     .await;
     b.publish_control(msg(3)).await.unwrap();
     for sub in [&mut ca, &mut cb] {
+        let got = tokio::time::timeout(PATIENCE, sub.recv()).await.unwrap();
+        assert_eq!(
+            got.unwrap().kind,
+            CONTROL_RESYNC,
+            "told it may have missed some"
+        );
         let got = tokio::time::timeout(PATIENCE, sub.recv()).await.unwrap();
         assert_eq!(got.unwrap(), msg(3));
         assert_eq!(sub.try_recv().unwrap(), None);

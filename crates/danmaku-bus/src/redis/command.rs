@@ -8,7 +8,8 @@
 //! On each (re)connect, before the connection is used, the task reads
 //! Redis's clock (`clock.rs`) and loads the publish script (`broker.rs`),
 //! which is run by its SHA from then on and loaded again if Redis lost it
-//! (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`). Each ping is a `TIME`,
+//! (`NOSCRIPT`, after a restart or `SCRIPT FLUSH`); the other scripts
+//! (limits, state) are loaded the same way on their first use. Each ping is a `TIME`,
 //! which refreshes the clock reading, followed by a write probe (`SET` of
 //! this instance's probe key, expiring): a Redis that answers but refuses
 //! writes (out of memory under `noeviction`, a read-only replica, a failed
@@ -16,6 +17,7 @@
 //! as does such a refusal of any command, until a write succeeds again.
 //! The probe is what lets readiness come back by itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,8 +49,8 @@ pub(crate) struct Commands {
     writes: Mutex<Result<(), String>>,
     /// The latest reading of Redis's clock.
     clock: Mutex<Option<RedisClock>>,
-    /// The publish script's SHA, once Redis loaded it.
-    script_sha: Mutex<Option<String>>,
+    /// Each script's SHA (by its source), once Redis loaded it.
+    script_sha: Mutex<HashMap<&'static str, String>>,
     /// Wakes the task when a command saw the connection fail.
     lost: Notify,
     /// `danmaku_bus_write_refusals_total`.
@@ -62,7 +64,7 @@ impl Commands {
             health: Mutex::new(Err("redis unreachable: connecting".into())),
             writes: Mutex::new(Ok(())),
             clock: Mutex::new(None),
-            script_sha: Mutex::new(None),
+            script_sha: Mutex::new(HashMap::new()),
             lost: Notify::new(),
             write_refusals,
         }
@@ -120,17 +122,18 @@ impl Commands {
         })
     }
 
-    /// Runs a script by its SHA with `keys` and `args`, loading it first
-    /// if this connection's Redis does not have it (once, on `NOSCRIPT`).
+    /// Runs one of the bus's scripts (named by its source) by its SHA with
+    /// `keys` and `args`, loading it first if it was never loaded, or if
+    /// this connection's Redis does not have it (once, on `NOSCRIPT`).
     pub(crate) async fn eval<T: FromRedisValue>(
         &self,
         what: &str,
-        script: &str,
+        script: &'static str,
         keys: &[&[u8]],
         args: &[&[u8]],
     ) -> Result<T, BusError> {
         let (generation, mut conn) = self.connection()?;
-        let known = self.script_sha.lock().clone();
+        let known = self.script_sha.lock().get(script).cloned();
         let sha = match known {
             Some(sha) => sha,
             None => self.load_script(generation, &mut conn, script).await?,
@@ -162,12 +165,12 @@ impl Commands {
         &self,
         generation: u64,
         conn: &mut MultiplexedConnection,
-        script: &str,
+        script: &'static str,
     ) -> Result<String, BusError> {
         let sha: String = load_script(conn, script)
             .await
-            .map_err(|e| self.fail(generation, "loading the publish script", &e))?;
-        *self.script_sha.lock() = Some(sha.clone());
+            .map_err(|e| self.fail(generation, "loading a script", &e))?;
+        self.script_sha.lock().insert(script, sha.clone());
         Ok(sha)
     }
 
@@ -329,7 +332,7 @@ async fn prepare(
         .await
         .map_err(|_| "SCRIPT LOAD timed out".to_owned())?
         .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
-    *inner.commands.script_sha.lock() = Some(sha);
+    inner.commands.script_sha.lock().insert(PUBLISH_SCRIPT, sha);
     Ok(())
 }
 

@@ -9,6 +9,13 @@
 //! | `{p}instance:{id}`    | hash    | an instance's last heartbeat, expiring after TTL |
 //! | `{p}instances`        | zset    | instance ids scored by last heartbeat (ms)       |
 //! | `{p}probe:{token}`    | string  | a bus's write probe, set on each ping, expiring  |
+//! | `{p}limit:{key}`      | string  | a limit's state: a GCRA key's TAT (µs, Redis clock), a `Once` key's marker; expiring once it holds no information |
+//! | `{p}state:{table}`    | hash    | a `StateStore` table: field to opaque bytes      |
+//! | `{p}state-tables`     | set     | the names of the tables, so they can be listed   |
+//! | `{p}log:{name}`       | list    | a `StateStore` log, newest first, capped         |
+//!
+//! The table set is not `{p}state:tables`, so no table name can collide
+//! with it.
 
 /// Names of keys and channels under the prefix.
 #[derive(Debug, Clone)]
@@ -62,6 +69,31 @@ impl Keys {
         format!("{}probe:{token}", self.prefix)
     }
 
+    /// A limit's state; `key` is the caller's, opaque.
+    pub(crate) fn limit(&self, key: &str) -> String {
+        format!("{}limit:{key}", self.prefix)
+    }
+
+    /// What every table's hash name starts with (the table name follows).
+    pub(crate) fn state_table_prefix(&self) -> String {
+        format!("{}state:", self.prefix)
+    }
+
+    /// A state table's hash.
+    pub(crate) fn state_table(&self, table: &str) -> String {
+        format!("{}state:{table}", self.prefix)
+    }
+
+    /// The set of state table names.
+    pub(crate) fn state_tables(&self) -> String {
+        format!("{}state-tables", self.prefix)
+    }
+
+    /// A state log's list.
+    pub(crate) fn state_log(&self, log: &str) -> String {
+        format!("{}log:{log}", self.prefix)
+    }
+
     /// The index of instances by last heartbeat.
     pub(crate) fn instances(&self) -> String {
         format!("{}instances", self.prefix)
@@ -86,5 +118,14 @@ mod tests {
         assert_eq!(keys.instance("gw"), "t:instance:gw");
         assert_eq!(keys.instances(), "t:instances");
         assert_eq!(keys.probe("ab12"), "t:probe:ab12");
+        assert_eq!(keys.limit("user:a"), "t:limit:user:a");
+        assert_eq!(keys.state_table("mutes"), "t:state:mutes");
+        assert_eq!(
+            keys.state_table_prefix() + "mutes",
+            keys.state_table("mutes")
+        );
+        assert_eq!(keys.state_tables(), "t:state-tables");
+        assert_ne!(keys.state_tables(), keys.state_table("tables"));
+        assert_eq!(keys.state_log("actions"), "t:log:actions");
     }
 }

@@ -13,6 +13,8 @@
 //! - `recovery`: replay of comments missed while the pub/sub link was down;
 //! - `broker`: publish (a deadline-checked script), history (`Broker`);
 //! - `fleet`: heartbeats and presence (`PresenceManager`);
+//! - `limits`: fleet-wide limits in one script (`Limiter`);
+//! - `state`: tables and logs, written in one transaction (`StateStore`);
 //! - `backoff`: reconnect delays with full jitter.
 //!
 //! Two connections per instance, each owned by a background task that
@@ -33,9 +35,11 @@ mod clock;
 mod command;
 mod fleet;
 mod keys;
+mod limits;
 mod pubsub;
 mod recovery;
 mod rooms;
+mod state;
 mod transport;
 
 use std::sync::Arc;
@@ -203,7 +207,8 @@ impl Controller for RedisBus {
     /// Fails at once unless the bus is ready (this instance would not
     /// receive its own message otherwise); resolves within `op_timeout`.
     /// Messages published while an instance's pub/sub link is down are not
-    /// replayed to it: control state must be re-announced, not assumed.
+    /// replayed to it; once it is back, its control subscribers receive
+    /// [`crate::CONTROL_RESYNC`] instead, and reload.
     fn publish_control(&self, msg: ControlMessage) -> BoxFuture<'_, Result<(), BusError>> {
         let inner = &self.inner;
         Box::pin(bounded(inner.op_timeout(), "control message", async move {
@@ -226,31 +231,4 @@ impl Controller for RedisBus {
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().try_into().unwrap_or(u64::MAX)
-}
-
-impl crate::Limiter for RedisBus {
-    fn check_limits(
-        &self,
-        _checks: Vec<crate::LimitCheck>,
-    ) -> BoxFuture<'_, Result<Option<crate::LimitExceeded>, BusError>> {
-        Box::pin(async { Err(BusError::Unavailable("limits: not yet implemented".into())) })
-    }
-}
-
-impl crate::StateStore for RedisBus {
-    fn load_state(&self) -> BoxFuture<'_, Result<crate::StateSnapshot, BusError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-
-    fn write_state(&self, _write: crate::StateWrite) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async { Err(BusError::Unavailable("state: not yet implemented".into())) })
-    }
-
-    fn read_log(
-        &self,
-        _log: &str,
-        _n: usize,
-    ) -> BoxFuture<'_, Result<Vec<bytes::Bytes>, BusError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
 }

@@ -10,13 +10,18 @@
 //! waits, so a room task that lags loses its own oldest events, not the
 //! other rooms' time. On reconnect the control channel and every served
 //! room are subscribed again, and missed comments recovered from history
-//! (`recovery.rs`), before the bus turns ready.
+//! (`recovery.rs`), before the bus turns ready; then every control
+//! subscription is sent a [`CONTROL_RESYNC`] message, since control
+//! messages published meanwhile are lost to this instance. The first
+//! connection sends one too: a subscription made before it may have
+//! missed messages while Redis was unreachable.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::Msg;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -25,7 +30,7 @@ use super::transport::PubSubLink;
 use super::{recovery, Inner};
 use crate::envelope::{self, Decoded};
 use crate::throttle::LogThrottle;
-use crate::RoomEvent;
+use crate::{ControlMessage, RoomEvent, CONTROL_RESYNC};
 
 /// At most one log line per interval for each kind of bad payload.
 static UNKNOWN_LOG: LogThrottle = LogThrottle::new(Duration::from_secs(10));
@@ -84,6 +89,15 @@ pub(crate) async fn run(inner: Arc<Inner>, mut stop: watch::Receiver<()>) {
             inner.metrics.pubsub_reconnects.inc();
         }
         recovery::recover_missed(&inner, resume).await;
+        // Control messages published while the link was down (or before
+        // it first came up) were missed: receivers reload their state.
+        // Sent before the bus turns ready, so whoever sees it ready was
+        // sent it already. An error only means nobody listens.
+        let _ = inner.control.send(ControlMessage {
+            origin: String::new(),
+            kind: CONTROL_RESYNC.to_owned(),
+            body: Bytes::new(),
+        });
         inner.set_pubsub_health(Ok(()));
         backoff.reset();
         was_up = true;
