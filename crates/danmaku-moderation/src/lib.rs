@@ -276,6 +276,7 @@ impl<C: Clock + Clone> Moderator<C> {
             1,
             ["ip_rate_count", "ip_window_ms", "ip_burst"],
         )?;
+        crate::normalize::warm_up();
         let inner = Inner {
             viewers: RateLimiter::dashmap_with_clock(viewer_budget.quota, clock.clone()),
             staff: RateLimiter::dashmap_with_clock(staff_budget.quota, clock.clone()),

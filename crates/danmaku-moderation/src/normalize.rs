@@ -10,9 +10,10 @@
 //! character came from.
 
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use unicode_normalization::char::canonical_combining_class;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
 /// Folds `text` for matching: NFKC (full-width and other compatibility
@@ -32,7 +33,7 @@ use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 /// apart); Chinese, Japanese and Latin text are unaffected by this.
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    fold_into(text, &mut out, None);
+    fold_into(text, &mut out);
     out
 }
 
@@ -54,86 +55,174 @@ pub(crate) fn fold_mapped(text: &str) -> Mapped {
         text: String::with_capacity(text.len()),
         origin: Vec::with_capacity(text.len()),
     };
-    fold_into(text, &mut mapped.text, Some(&mut mapped.origin));
+    fold_into(text, &mut mapped);
     mapped
 }
 
-/// The folding itself, appending to `out` (and to `origin` when asked).
-fn fold_into(text: &str, out: &mut String, mut origin: Option<&mut Vec<Range<usize>>>) {
+/// Where folded characters go: a plain string, or a [`Mapped`]. A trait
+/// rather than an `Option`, so the plain case is compiled without the
+/// mapping.
+trait Sink {
+    /// Appends `c`, folded from the original chars `from`.
+    fn push(&mut self, c: char, from: &Range<usize>);
+}
+
+impl Sink for String {
+    fn push(&mut self, c: char, _: &Range<usize>) {
+        String::push(self, c);
+    }
+}
+
+impl Sink for Mapped {
+    fn push(&mut self, c: char, from: &Range<usize>) {
+        self.text.push(c);
+        self.origin.push(from.clone());
+    }
+}
+
+/// The folding itself, appending to `out`.
+fn fold_into(text: &str, out: &mut impl Sink) {
     if text.is_ascii() {
         // Fast path: NFKC and simplification change nothing in ASCII, and
         // only letters and digits are kept.
         for (i, b) in text.bytes().enumerate() {
             if b.is_ascii_alphanumeric() {
-                out.push(char::from(b.to_ascii_lowercase()));
-                if let Some(origin) = origin.as_deref_mut() {
-                    origin.push(i..i + 1);
-                }
+                out.push(char::from(b.to_ascii_lowercase()), &(i..i + 1));
             }
         }
         return;
     }
-    let mut cjk = false;
-    let mut segments = Segments::new(text);
-    while let Some((bytes, chars)) = segments.next_segment() {
-        let segment = &text[bytes];
-        for c in segment.nfkc() {
-            for c in c.to_lowercase() {
-                if dropped(c) {
-                    continue;
-                }
-                cjk |= c >= '\u{2E80}';
-                out.push(c);
-                if let Some(origin) = origin.as_deref_mut() {
-                    origin.push(chars.clone());
-                }
-            }
-        }
-    }
-    if cjk {
-        // One char for one char, so `origin` stays aligned.
-        *out = fast2s::convert(out);
-    }
-}
-
-/// Splits a text into base characters each followed by its combining marks,
-/// the units NFKC is applied to; yields each unit's byte range and char
-/// index range.
-struct Segments<'a> {
-    /// Remaining chars with their byte offsets.
-    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
-    /// Length of the whole text in bytes.
-    len: usize,
-    /// Char index of the next char.
-    index: usize,
-}
-
-impl<'a> Segments<'a> {
-    /// Segments of `text`.
-    fn new(text: &'a str) -> Segments<'a> {
-        Segments {
-            chars: text.char_indices().peekable(),
-            len: text.len(),
-            index: 0,
-        }
-    }
-
-    /// The next unit, or `None` at the end.
-    fn next_segment(&mut self) -> Option<(Range<usize>, Range<usize>)> {
-        let (start, _) = self.chars.next()?;
-        let first = self.index;
-        self.index += 1;
-        let mut end = self.len;
-        while let Some(&(at, c)) = self.chars.peek() {
-            if canonical_combining_class(c) == 0 {
-                end = at;
+    // NFKC is applied to each base character with the combining marks that
+    // follow it; most characters have none and take a shortcut.
+    let mut chars = text.char_indices().peekable();
+    let mut index = 0;
+    while let Some((start, c)) = chars.next() {
+        let first = index;
+        index += 1;
+        let mut end = start + c.len_utf8();
+        while let Some(&(at, next)) = chars.peek() {
+            if is_starter(next) {
                 break;
             }
-            self.chars.next();
-            self.index += 1;
+            chars.next();
+            index += 1;
+            end = at + next.len_utf8();
         }
-        Some((start..end, first..self.index))
+        let from = first..index;
+        if index - first == 1 {
+            if c.is_ascii() {
+                if c.is_ascii_alphanumeric() {
+                    out.push(c.to_ascii_lowercase(), &from);
+                }
+                continue;
+            }
+            // Common ideographs: NFKC-stable, caseless, never dropped.
+            if is_ideograph(c) {
+                out.push(simplified(c), &from);
+                continue;
+            }
+            if is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes {
+                fold_char(c, out, &from);
+                continue;
+            }
+        }
+        if let Some(segment) = text.get(start..end) {
+            for c in segment.nfkc() {
+                fold_char(c, out, &from);
+            }
+        }
     }
+}
+
+/// Whether `c` starts a new NFKC unit (canonical combining class 0),
+/// answered without a table for the common cases.
+fn is_starter(c: char) -> bool {
+    c.is_ascii() || is_ideograph(c) || canonical_combining_class(c) == 0
+}
+
+/// Lower case, drop or simplify one NFKC character.
+fn fold_char(c: char, out: &mut impl Sink, from: &Range<usize>) {
+    for c in c.to_lowercase() {
+        if !dropped(c) {
+            out.push(simplified(c), from);
+        }
+    }
+}
+
+/// CJK Unified Ideographs and Extension A: most of a Chinese text, and
+/// characters the slow path would leave unchanged except for simplification.
+fn is_ideograph(c: char) -> bool {
+    matches!(c, '\u{3400}'..='\u{4DBF}' | '\u{4E00}'..='\u{9FFF}')
+}
+
+/// The simplified form of a traditional Chinese character, or `c`.
+///
+/// The table is taken once from `fast2s`, one character at a time and so
+/// without its few context rules (its `乾隆` keeps `乾`; here `乾` always
+/// becomes `干`): for matching, a character should fold the same wherever
+/// it stands. `fast2s` converts only characters of the Basic Multilingual
+/// Plane, which the table covers; a bitmap answers most lookups.
+fn simplified(c: char) -> char {
+    static TABLE: LazyLock<T2s> = LazyLock::new(T2s::build);
+    if (c as u32) < 0x2E80 {
+        return c;
+    }
+    TABLE.get(c)
+}
+
+/// Traditional → simplified, for the Basic Multilingual Plane.
+struct T2s {
+    /// Bit `c` set when `c` has a simplified form.
+    has: Vec<u64>,
+    /// (traditional, simplified), sorted.
+    pairs: Vec<(char, char)>,
+}
+
+impl T2s {
+    /// Asks `fast2s` about every character from U+2E80 to U+FFFF (a few
+    /// milliseconds, once).
+    fn build() -> T2s {
+        let mut has = vec![0u64; 0x1_0000 / 64];
+        let mut pairs = Vec::new();
+        let mut buf = [0u8; 4];
+        for c in ('\u{2E80}'..='\u{FFFF}').filter(|c| c.len_utf8() == 3) {
+            let converted = fast2s::convert(c.encode_utf8(&mut buf));
+            let mut chars = converted.chars();
+            if let (Some(s), None) = (chars.next(), chars.next()) {
+                if s != c {
+                    pairs.push((c, s));
+                    let i = c as usize;
+                    if let Some(word) = has.get_mut(i / 64) {
+                        *word |= 1 << (i % 64);
+                    }
+                }
+            }
+        }
+        T2s { has, pairs }
+    }
+
+    /// The simplified form of `c`, or `c`.
+    fn get(&self, c: char) -> char {
+        let i = c as usize;
+        let marked = self
+            .has
+            .get(i / 64)
+            .is_some_and(|word| word & (1 << (i % 64)) != 0);
+        if !marked {
+            return c;
+        }
+        self.pairs
+            .binary_search_by_key(&c, |&(t, _)| t)
+            .ok()
+            .and_then(|at| self.pairs.get(at))
+            .map_or(c, |&(_, s)| s)
+    }
+}
+
+/// Forces the one-time build of the simplification table, so the first
+/// post does not pay for it.
+pub(crate) fn warm_up() {
+    simplified('\u{5B78}');
 }
 
 /// Whether `c` is left out of the matching text: anything that is not part
@@ -203,6 +292,12 @@ mod tests {
         assert_eq!(normalize("學習"), "学习");
         assert_eq!(normalize("學 習"), "学习");
         assert_eq!(normalize("学习"), "学习");
+    }
+
+    #[test]
+    fn simplification_ignores_context() {
+        assert_eq!(normalize("乾隆"), normalize("干隆"));
+        assert_eq!(normalize("乾淨"), "干净");
     }
 
     #[test]
