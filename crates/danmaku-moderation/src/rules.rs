@@ -238,7 +238,8 @@ pub(crate) fn check_word(word: &str) -> Result<(), FieldError> {
 /// Reads a word-list file: one entry a line, `word`, `word<TAB>block` or
 /// `word<TAB>mask` (a bare word blocks); blank lines and lines starting
 /// with `#` are skipped, and spaces around a word are trimmed. An error's
-/// field is `line N` (from 1), so a long file can be fixed.
+/// field is `word` and its message starts with `line N:` (from 1), so a
+/// long file can be fixed; words are checked as [`Change::validate`] does.
 pub fn parse_blocklist(text: &str) -> Result<Vec<(String, WordAction)>, FieldError> {
     let mut words = Vec::new();
     for (n, line) in text.lines().enumerate() {
