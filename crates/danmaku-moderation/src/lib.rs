@@ -49,7 +49,7 @@ use governor::RateLimiter;
 use parking_lot::{Mutex, RwLock};
 
 use crate::limits::{whole_ms, Budget, IpKey, Keyed};
-use crate::normalize::{fold_mapped, stable_hash};
+use crate::normalize::{origins, stable_hash};
 use crate::store::Rules;
 use crate::words::Words;
 
@@ -599,21 +599,7 @@ fn mute_step<I>(rules: &Rules, ctx: &PostContext<'_, I>) -> Result<bool, Refusal
 /// byte ranges `spans`, including the spaces or invisible characters that
 /// were put between a word's letters (they lie inside its original span).
 fn mask(text: &str, spans: &[Range<usize>]) -> String {
-    let mapped = fold_mapped(text);
-    let mut hidden: Vec<Range<usize>> = Vec::new();
-    for span in spans {
-        let mut first = None;
-        let mut last = None;
-        for (k, (at, _)) in mapped.text.char_indices().enumerate() {
-            if at >= span.start && at < span.end {
-                first = first.or(mapped.origin.get(k).map(|r| r.start));
-                last = mapped.origin.get(k).map(|r| r.end);
-            }
-        }
-        if let (Some(first), Some(last)) = (first, last) {
-            hidden.push(first..last);
-        }
-    }
+    let hidden = origins(text, spans);
     text.chars()
         .enumerate()
         .map(|(i, c)| {

@@ -6,13 +6,13 @@
 //!
 //! The folded text is only ever matched, never shown: a post is published
 //! as written, with at most some of its original characters masked. For
-//! masking, [`fold_mapped`] also says which original characters each folded
+//! masking, [`origins`] says which original characters each folded
 //! character came from.
 
 use std::ops::Range;
 use std::sync::LazyLock;
 
-use unicode_normalization::char::canonical_combining_class;
+use unicode_normalization::char::{canonical_combining_class, compose};
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
@@ -30,53 +30,116 @@ use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 ///
 /// NFKC is applied per base character and its combining marks, so two base
 /// characters never compose with each other (conjoining Hangul jamo stay
-/// apart); Chinese, Japanese and Latin text are unaffected by this.
+/// apart), except that a combining mark NFKC leaves behind is composed with
+/// the character before it; Chinese, Japanese and Latin text are
+/// unaffected by this.
 pub fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     fold_into(text, &mut out);
     out
 }
 
-/// A folded text and, for each of its characters in order, the range of
-/// original character indices (not bytes) it came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Mapped {
-    /// The folded text, as [`normalize`] returns it.
-    pub(crate) text: String,
-    /// One original char range per char of `text`.
-    pub(crate) origin: Vec<Range<usize>>,
-}
-
-/// [`normalize`], also mapping each folded character back to the original
-/// characters it came from. Costs a vector, so it is only called when a
-/// post needs masking.
-pub(crate) fn fold_mapped(text: &str) -> Mapped {
-    let mut mapped = Mapped {
-        text: String::with_capacity(text.len()),
-        origin: Vec::with_capacity(text.len()),
+/// For each byte range of the folded `text` in `spans`, the range of
+/// original character indices (not bytes) it came from: from the first
+/// original character of its first folded character to the last of its
+/// last, so spaces or invisible characters put between a word's letters lie
+/// inside. An empty range for a span that matches nothing. Folds again
+/// without building the folded text, so it costs little; only called when
+/// a post needs masking.
+pub(crate) fn origins(text: &str, spans: &[Range<usize>]) -> Vec<Range<usize>> {
+    let mut locate = Locate {
+        spans,
+        found: vec![None; spans.len()],
+        at: 0,
+        last: None,
     };
-    fold_into(text, &mut mapped);
-    mapped
+    fold_into(text, &mut locate);
+    locate
+        .found
+        .into_iter()
+        .map(|r| r.unwrap_or(0..0))
+        .collect()
 }
 
-/// Where folded characters go: a plain string, or a [`Mapped`]. A trait
-/// rather than an `Option`, so the plain case is compiled without the
-/// mapping.
+/// Where folded characters go: a plain string, or a [`Locate`] that only
+/// follows offsets. A trait, so each case is compiled on its own.
 trait Sink {
     /// Appends `c`, folded from the original chars `from`.
     fn push(&mut self, c: char, from: &Range<usize>);
+
+    /// Composes the last char with the combining `mark` from `from`, if
+    /// Unicode has such a composition; says whether it did.
+    fn compose_last(&mut self, mark: char, from: &Range<usize>) -> bool;
+}
+
+/// `text`'s last char composed with `mark`, replaced in place.
+fn compose_into(text: &mut String, mark: char) -> bool {
+    let Some(last) = text.chars().next_back() else {
+        return false;
+    };
+    let Some(composed) = compose(last, mark) else {
+        return false;
+    };
+    text.pop();
+    text.push(composed);
+    true
 }
 
 impl Sink for String {
     fn push(&mut self, c: char, _: &Range<usize>) {
         String::push(self, c);
     }
+
+    fn compose_last(&mut self, mark: char, _: &Range<usize>) -> bool {
+        compose_into(self, mark)
+    }
 }
 
-impl Sink for Mapped {
+/// A sink that only follows the folded byte offset, noting which original
+/// characters the folded bytes in `spans` came from.
+struct Locate<'a> {
+    /// Folded byte ranges.
+    spans: &'a [Range<usize>],
+    /// Per span, the original char range seen so far.
+    found: Vec<Option<Range<usize>>>,
+    /// Folded byte offset of the next char.
+    at: usize,
+    /// The last folded char and where it started, for compositions.
+    last: Option<(char, usize)>,
+}
+
+impl Locate<'_> {
+    /// Notes that the folded char at byte `at` came from `from`.
+    fn note(&mut self, at: usize, from: &Range<usize>) {
+        for (span, found) in self.spans.iter().zip(self.found.iter_mut()) {
+            if span.contains(&at) {
+                *found = Some(match found.take() {
+                    None => from.clone(),
+                    Some(r) => r.start.min(from.start)..r.end.max(from.end),
+                });
+            }
+        }
+    }
+}
+
+impl Sink for Locate<'_> {
     fn push(&mut self, c: char, from: &Range<usize>) {
-        self.text.push(c);
-        self.origin.push(from.clone());
+        self.note(self.at, from);
+        self.last = Some((c, self.at));
+        self.at += c.len_utf8();
+    }
+
+    fn compose_last(&mut self, mark: char, from: &Range<usize>) -> bool {
+        let Some((last, at)) = self.last else {
+            return false;
+        };
+        let Some(composed) = compose(last, mark) else {
+            return false;
+        };
+        self.note(at, from);
+        self.last = Some((composed, at));
+        self.at = at + composed.len_utf8();
+        true
     }
 }
 
@@ -116,9 +179,21 @@ fn fold_into(text: &str, out: &mut impl Sink) {
                 }
                 continue;
             }
-            // Common ideographs: NFKC-stable, caseless, never dropped.
-            if is_ideograph(c) {
+            // Common ideographs, kana and Hangul syllables: NFKC-stable,
+            // caseless, never dropped.
+            if is_plain_letter(c) {
                 out.push(simplified(c), &from);
+                continue;
+            }
+            // Full-width ASCII (`ｆ`, `！`): NFKC makes it ASCII.
+            if let Some(ascii) = full_width_ascii(c) {
+                if ascii.is_ascii_alphanumeric() {
+                    out.push(ascii.to_ascii_lowercase(), &from);
+                }
+                continue;
+            }
+            // The commonest CJK punctuation: dropped.
+            if is_cjk_punctuation(c) {
                 continue;
             }
             if is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes {
@@ -137,15 +212,48 @@ fn fold_into(text: &str, out: &mut impl Sink) {
 /// Whether `c` starts a new NFKC unit (canonical combining class 0),
 /// answered without a table for the common cases.
 fn is_starter(c: char) -> bool {
-    c.is_ascii() || is_ideograph(c) || canonical_combining_class(c) == 0
+    c.is_ascii()
+        || is_plain_letter(c)
+        || full_width_ascii(c).is_some()
+        || is_cjk_punctuation(c)
+        || canonical_combining_class(c) == 0
+}
+
+/// Ideographs, hiragana and katakana (without the combining voicing
+/// marks), Hangul syllables: letters that NFKC leaves alone, without case.
+fn is_plain_letter(c: char) -> bool {
+    is_ideograph(c)
+        || matches!(c, '\u{3041}'..='\u{3096}' | '\u{30A1}'..='\u{30FA}' | '\u{AC00}'..='\u{D7A3}')
+}
+
+/// The ASCII character a full-width form (U+FF01–U+FF5E) stands for.
+fn full_width_ascii(c: char) -> Option<char> {
+    match c {
+        '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0),
+        _ => None,
+    }
+}
+
+/// Ideographic comma and full stop, corner and white corner brackets.
+fn is_cjk_punctuation(c: char) -> bool {
+    matches!(c, '\u{3001}' | '\u{3002}' | '\u{300C}'..='\u{300F}')
 }
 
 /// Lower case, drop or simplify one NFKC character.
+///
+/// A combining mark left over from NFKC of its own unit (half-width `ﾞ`
+/// becomes U+3099, which NFKC would have composed with the `カ` before it)
+/// is composed with the character before it where Unicode has a
+/// composition.
 fn fold_char(c: char, out: &mut impl Sink, from: &Range<usize>) {
     for c in c.to_lowercase() {
-        if !dropped(c) {
-            out.push(simplified(c), from);
+        if dropped(c) {
+            continue;
         }
+        if canonical_combining_class(c) != 0 && out.compose_last(c, from) {
+            continue;
+        }
+        out.push(simplified(c), from);
     }
 }
 
@@ -284,6 +392,11 @@ mod tests {
         assert_eq!(normalize("操.你"), "操你");
         assert_eq!(normalize("操_你"), "操你");
         assert_eq!(normalize("操，你。"), "操你");
+        assert_eq!(normalize("操、「你」！"), "操你");
+        assert_eq!(normalize("ＡＢＣ！ｘ"), "abcx");
+        assert_eq!(normalize("カタカナ ひらがな 한국"), "カタカナひらがな한국");
+        // Half-width katakana and voicing marks still go through NFKC.
+        assert_eq!(normalize("ｶﾞ"), "ガ");
         assert_eq!(normalize("操\u{FE0F}你★"), "操你");
     }
 
@@ -307,21 +420,34 @@ mod tests {
         assert_eq!(normalize("café"), "café");
     }
 
+    /// The original range of one folded span.
+    fn one(text: &str, span: Range<usize>) -> Range<usize> {
+        origins(text, &[span])
+            .pop()
+            .unwrap_or(usize::MAX..usize::MAX)
+    }
+
     #[test]
     fn maps_back_to_original_chars() {
-        let m = fold_mapped("a ｂ\u{200B}C");
-        assert_eq!(m.text, "abc");
-        assert_eq!(m.origin, vec![0..1, 2..3, 4..5]);
-        let m = fold_mapped("e\u{301}x");
-        assert_eq!(m.text, "éx");
-        assert_eq!(m.origin, vec![0..2, 2..3]);
-        let m = fold_mapped("A.b");
-        assert_eq!(m.text, "ab");
-        assert_eq!(m.origin, vec![0..1, 2..3]);
-        // One original char that folds into several keeps its range for each.
-        let m = fold_mapped("㎏x");
-        assert_eq!(m.text, "kgx");
-        assert_eq!(m.origin, vec![0..1, 0..1, 1..2]);
+        // "abc" folded; each byte one char.
+        let text = "a ｂ\u{200B}C";
+        assert_eq!(normalize(text), "abc");
+        assert_eq!(
+            origins(text, &[0..1, 1..2, 2..3, 1..3]),
+            vec![0..1, 2..3, 4..5, 2..5]
+        );
+        assert_eq!(origins("e\u{301}x", &[0..2, 2..3]), vec![0..2, 2..3]);
+        assert_eq!(one("A.b", 0..2), 0..3);
+        // A composition after NFKC covers both original chars.
+        assert_eq!(normalize("ｶﾞx"), "ガx");
+        assert_eq!(origins("ｶﾞx", &[0..3, 3..4]), vec![0..2, 2..3]);
+        // One original char that folds into several.
+        assert_eq!(normalize("㎏x"), "kgx");
+        assert_eq!(origins("㎏x", &[1..2, 2..3]), vec![0..1, 1..2]);
+        // CJK: three bytes a char.
+        assert_eq!(one("你 笨 蛋", 3..9), 2..5);
+        // A span past the end matches nothing.
+        assert_eq!(one("ab", 5..6), 0..0);
     }
 
     #[test]
