@@ -360,7 +360,12 @@ impl<C: Clock> Moderator<C> {
         });
         if !staff {
             cluster.push(ClusterCheck {
-                key: format!("ip:{}", IpKey::of(ctx.ip)),
+                key: {
+                    let mut key = String::with_capacity(24);
+                    key.push_str("ip:");
+                    IpKey::of(ctx.ip).push_to(&mut key);
+                    key
+                },
                 kind: self.inner.ip_budget.cluster(),
                 code: RejectCode::RateLimited,
             });
@@ -378,7 +383,11 @@ impl<C: Clock> Moderator<C> {
             let window = self.inner.policy.duplicate_window;
             if !staff && !window.is_zero() {
                 cluster.push(ClusterCheck {
-                    key: key(&["dup:", ctx.user, ":", &hex(stable_hash(&folded))]),
+                    key: {
+                        let mut key = key(&["dup:", ctx.user, ":"]);
+                        push_hex(&mut key, stable_hash(&folded));
+                        key
+                    },
                     kind: ClusterKind::Once { ttl: window },
                     code: RejectCode::Duplicate,
                 });
@@ -615,20 +624,20 @@ fn mask(text: &str, spans: &[Range<usize>]) -> String {
 /// A fleet-wide key from its parts: concatenation without the formatting
 /// machinery, which costs more than the rest of building a key.
 fn key(parts: &[&str]) -> String {
-    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    // Room for a hash or an address after the parts.
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum::<usize>() + 16);
     for part in parts {
         key.push_str(part);
     }
     key
 }
 
-/// `n` as 16 lower-case hex digits.
-fn hex(n: u64) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    (0..16)
-        .rev()
-        .map(|i| char::from(DIGITS[((n >> (i * 4)) & 0xf) as usize]))
-        .collect()
+/// Appends `n` as 16 lower-case hex digits.
+fn push_hex(out: &mut String, n: u64) {
+    for i in (0..16).rev() {
+        let digit = ((n >> (i * 4)) & 0xf) as u32;
+        out.extend(char::from_digit(digit, 16));
+    }
 }
 
 /// The colour, lower case; white when absent.
