@@ -72,7 +72,10 @@ fn snapshot() -> Snapshot {
 const POSTS: [(&str, &str); 5] = [
     ("clean_latin", "this part is great, what a play 2333"),
     ("clean_cjk", "前方高能！！！ this part is great 2333"),
-    ("clean_cjk_only", "前方高能预警，这段操作太秀了哈哈哈哈，主播加油！！"),
+    (
+        "clean_cjk_only",
+        "前方高能预警，这段操作太秀了哈哈哈哈，主播加油！！",
+    ),
     ("masked", "这个笨蛋又来了 what a badword play"),
     ("blocked", "blockme 前方高能 这是一条普通弹幕"),
 ];

@@ -382,10 +382,18 @@ impl<C: Clock> Moderator<C> {
             }
             let window = self.inner.policy.duplicate_window;
             if !staff && !window.is_zero() {
+                // Folded, so trivial variations repeat; a text of only
+                // punctuation or symbols folds to nothing and is hashed as
+                // written, so `!!!` and `???` differ.
+                let basis = if folded.is_empty() {
+                    accepted.text.as_str()
+                } else {
+                    folded.as_str()
+                };
                 cluster.push(ClusterCheck {
                     key: {
                         let mut key = key(&["dup:", ctx.user, ":"]);
-                        push_hex(&mut key, stable_hash(&folded));
+                        push_hex(&mut key, stable_hash(basis));
                         key
                     },
                     kind: ClusterKind::Once { ttl: window },

@@ -474,6 +474,9 @@ fn duplicate_keys_fold_the_text_and_can_be_turned_off() {
     assert_ne!(a.cluster.last(), c.cluster.last());
     let bob = env.check("bob", "Hello there").expect("passes");
     assert_ne!(a.cluster.last(), bob.cluster.last());
+    let bangs = env.check("alice", "!!!").expect("passes");
+    let marks = env.check("alice", "???").expect("passes");
+    assert_ne!(bangs.cluster.last(), marks.cluster.last());
 
     let off = Env::new(Policy {
         duplicate_window: Duration::ZERO,
