@@ -93,7 +93,7 @@ impl From<ActError> for ApiError {
                 tracing::warn!(error = %b, "Moderation store unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the moderation store is unavailable; nothing changed",
+                    "the moderation store did not confirm the change in time; it may or may not have been applied, and repeating it is safe",
                 )
             }
         }
@@ -202,8 +202,9 @@ struct Body(Map<String, Value>);
 impl Body {
     /// Parses `bytes` as a JSON object holding no field but `allowed`.
     fn parse(bytes: &[u8], allowed: &[&'static str]) -> Result<Body, ApiError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
+        })?;
         let Value::Object(map) = value else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -213,10 +214,7 @@ impl Body {
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown field `{unknown}`; expected {}",
-                    allowed.join(", ")
-                ),
+                format!("unknown field `{unknown}`; expected {}", allowed.join(", ")),
             ));
         }
         Ok(Body(map))
@@ -379,7 +377,9 @@ async fn room_view(
     let actor = actor(&gw, &headers)?;
     let room = room_id(&room)?;
     if !actor.may_act_in(room.as_str()) {
-        return Err(ApiError::forbidden(format!("you may not moderate room {room}")));
+        return Err(ApiError::forbidden(format!(
+            "you may not moderate room {room}"
+        )));
     }
     let view = gw.modstate.room_view(&room).await?;
     Ok(Json(view).into_response())
@@ -397,7 +397,13 @@ async fn block_word(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: By
         Some(_) => return Err(ApiError::field("action", "must be \"block\" or \"mask\"")),
     };
     gw.modstate
-        .act(&actor, Change::BlockWord { word: word.clone(), action })
+        .act(
+            &actor,
+            Change::BlockWord {
+                word: word.clone(),
+                action,
+            },
+        )
         .await?;
     ok(json!({ "word": word, "action": action }))
 }
@@ -477,21 +483,26 @@ mod tests {
 
     #[test]
     fn bodies_name_the_bad_field() {
-        let err = |bytes: &str, allowed: &[&'static str], f: &dyn Fn(&Body) -> Result<(), ApiError>| {
-            match Body::parse(bytes.as_bytes(), allowed).and_then(|b| f(&b)) {
-                Err(e) => e,
-                Ok(()) => panic!("{bytes} should be refused"),
-            }
-        };
+        let err =
+            |bytes: &str, allowed: &[&'static str], f: &dyn Fn(&Body) -> Result<(), ApiError>| {
+                match Body::parse(bytes.as_bytes(), allowed).and_then(|b| f(&b)) {
+                    Err(e) => e,
+                    Ok(()) => panic!("{bytes} should be refused"),
+                }
+            };
         let e = err("[1]", &["user"], &|_| Ok(()));
         assert!(e.message.contains("object"));
         let e = err(r#"{"usr":"a"}"#, &["user"], &|_| Ok(()));
         assert!(e.message.contains("usr"));
         let e = err(r#"{}"#, &["user"], &|b| b.string("user").map(drop));
         assert_eq!(e.field, Some("user"));
-        let e = err(r#"{"seconds":-1}"#, &["seconds"], &|b| b.u64("seconds").map(drop));
+        let e = err(r#"{"seconds":-1}"#, &["seconds"], &|b| {
+            b.u64("seconds").map(drop)
+        });
         assert_eq!(e.field, Some("seconds"));
-        let e = err(r#"{"shadow":"yes"}"#, &["shadow"], &|b| b.bool("shadow").map(drop));
+        let e = err(r#"{"shadow":"yes"}"#, &["shadow"], &|b| {
+            b.bool("shadow").map(drop)
+        });
         assert_eq!(e.field, Some("shadow"));
         assert!(err("not json", &[], &|_| Ok(())).message.contains("JSON"));
     }

@@ -187,7 +187,11 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "<none>" } else { "<secret>" })
+        f.write_str(if self.0.is_empty() {
+            "<none>"
+        } else {
+            "<secret>"
+        })
     }
 }
 
@@ -315,7 +319,12 @@ impl Settings {
             builder = builder.set_override("auth_secret", list)?;
         }
         // Strings that may look like numbers, kept exactly as given.
-        for key in ["admin_token", "api_read_token", "blocklist_file", "data_dir"] {
+        for key in [
+            "admin_token",
+            "api_read_token",
+            "blocklist_file",
+            "data_dir",
+        ] {
             let var = format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase());
             if let Some(value) = vars.remove(&var) {
                 builder = builder.set_override(key, value)?;
@@ -334,7 +343,10 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let positive: [(&'static str, u64); 26] = [
-            ("max_text_chars_moderator", self.max_text_chars_moderator.into()),
+            (
+                "max_text_chars_moderator",
+                self.max_text_chars_moderator.into(),
+            ),
             ("ip_rate_count", self.ip_rate_count.into()),
             ("ip_window_ms", self.ip_window_ms),
             ("ip_burst", self.ip_burst.into()),
@@ -449,7 +461,6 @@ impl Settings {
             ip_burst: self.ip_burst,
             moderator_rate_factor: self.moderator_rate_factor,
             duplicate_window: ms(self.duplicate_window_ms),
-            ..Policy::default()
         }
     }
 

@@ -39,8 +39,8 @@ use tokio::sync::watch;
 
 pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
 pub use crate::client_addr::Cidr;
-pub use crate::modstate::{ActionRecord, RoomModeration};
 pub use crate::config::Settings;
+pub use crate::modstate::{ActionRecord, RoomModeration};
 pub use crate::origin::Origin;
 
 use crate::config::{ms, ConnConfig};
@@ -293,10 +293,11 @@ pub async fn run(
         ms(settings.ping_interval_ms),
         stop_rx.clone(),
     ));
-    tokio::spawn(modstate.clone().run(
-        ms(settings.limiter_evict_interval_ms),
-        stop_rx,
-    ));
+    tokio::spawn(
+        modstate
+            .clone()
+            .run(ms(settings.limiter_evict_interval_ms), stop_rx),
+    );
     // Posts wait for the rules; give them a moment to load before serving,
     // so a healthy store means no post is refused for it. A store that is
     // down does not stop the start: posts are refused `unavailable` (and

@@ -22,7 +22,7 @@ use danmaku_bus::{
     StateWrite, CONTROL_RESYNC,
 };
 use danmaku_moderation::{
-    Change, FieldError, Moderator, Mute, RoomSettings, Snapshot, WordAction,
+    normalize, Change, FieldError, Moderator, Mute, RoomSettings, Snapshot, WordAction,
 };
 use danmaku_proto::{Role, RoomId};
 use serde::{Deserialize, Serialize};
@@ -34,9 +34,12 @@ use crate::metrics::ActionCounters;
 const MUTES: &str = "mutes";
 /// Table of room modes; field the room, value JSON [`RoomSettings`].
 const ROOMS: &str = "rooms";
-/// Table of blocked words; field the word, value `block` or `mask`.
+/// Table of blocked words; field the word normalised (so spellings that
+/// match alike are one entry, as in the moderator), value a JSON
+/// [`WordEntry`].
 const BLOCKLIST: &str = "blocklist";
-/// Table of allowed words; field the word, empty value.
+/// Table of allowed words; field the word normalised, value the word as
+/// given.
 const ALLOWLIST: &str = "allowlist";
 /// The action log of fleet-wide actions; rooms have `room:<room>`.
 const GLOBAL_LOG: &str = "global";
@@ -52,6 +55,13 @@ const MAX_ID_BYTES: usize = 128;
 const MAX_MUTE_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Actions shown by [`ModState::room_view`].
 const VIEW_ACTIONS: usize = 50;
+
+/// A blocked word as stored: its spelling as given and its action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct WordEntry {
+    word: String,
+    action: WordAction,
+}
 
 /// Who acts: from `admin_token`, or from a moderator's or admin's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +98,7 @@ impl Actor {
     }
 }
 
-/// Why an action was not taken; nothing changed.
+/// Why an action was not confirmed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ActError {
     /// The actor may not do this here.
@@ -97,7 +107,7 @@ pub(crate) enum ActError {
     /// A field is wrong.
     #[error("{0}")]
     BadRequest(#[from] FieldError),
-    /// The store could not take it.
+    /// The store did not confirm it in time.
     #[error("{0}")]
     Unavailable(#[from] BusError),
 }
@@ -168,8 +178,11 @@ impl ModState {
     }
 
     /// Validates, authorises and takes one action: stores it, logs it,
-    /// announces it to the fleet, and applies it here. On `Err` nothing
-    /// changed anywhere.
+    /// announces it to the fleet, and applies it here. A refusal
+    /// (`Forbidden`, `BadRequest`) changed nothing; after `Unavailable` the
+    /// store did not confirm in time and the write may still land, which is
+    /// harmless since every action is idempotent (the same change twice is
+    /// the change once).
     pub(crate) async fn act(&self, actor: &Actor, change: Change) -> Result<(), ActError> {
         change.validate()?;
         let (kind, room) = describe(&change);
@@ -204,7 +217,10 @@ impl ModState {
             }),
         };
         self.bus.write_state(write).await?;
-        self.moderator.apply(&change);
+        if let Err(e) = self.moderator.apply(&change) {
+            // Validated above, so this is a bug, not bad input.
+            tracing::error!(error = %e, "A stored change could not be applied");
+        }
         self.actions.inc(kind);
         tracing::info!(by = %actor.name, action = kind, room = room.unwrap_or("*"), "Moderator action");
         Ok(())
@@ -276,7 +292,10 @@ impl ModState {
     /// Loads every rule from the store, replacing what this instance had.
     async fn reload(&self) -> Result<(), BusError> {
         let tables = self.bus.load_state().await?;
-        self.moderator.replace(snapshot_from(tables));
+        if let Err(e) = self.moderator.replace(snapshot_from(tables)) {
+            // The rules in force stay; what was stored is reported.
+            tracing::error!(error = %e, "Stored moderation rules could not be loaded");
+        }
         Ok(())
     }
 
@@ -290,10 +309,11 @@ impl ModState {
             .seed
             .iter()
             .filter(|entry| !current.contains(entry))
-            .map(|(word, action)| StateOp::Put {
-                table: BLOCKLIST.into(),
-                field: word.clone(),
-                value: Bytes::from_static(action_str(*action).as_bytes()),
+            .flat_map(|(word, action)| {
+                ops_for(&Change::BlockWord {
+                    word: word.clone(),
+                    action: *action,
+                })
             })
             .collect();
         if ops.is_empty() {
@@ -311,7 +331,10 @@ impl ModState {
                 }),
             })
             .await?;
-        tracing::info!(added, "Blocked words from blocklist_file added to the shared list");
+        tracing::info!(
+            added,
+            "Blocked words from blocklist_file added to the shared list"
+        );
         self.reload().await
     }
 
@@ -360,7 +383,7 @@ impl ModState {
             }
             tokio::select! {
                 _ = tokio::time::sleep(retry) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = stopped(&mut shutdown) => return,
             }
             retry = (retry * 2).min(Duration::from_secs(2));
         }
@@ -391,7 +414,7 @@ impl ModState {
                     self.purge_expired().await;
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)), if stale => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = stopped(&mut shutdown) => return,
             }
         }
     }
@@ -400,10 +423,13 @@ impl ModState {
     fn on_control(&self, msg: ControlMessage) -> bool {
         match msg.kind.as_str() {
             KIND_CHANGE => match serde_json::from_slice::<Change>(&msg.body) {
-                Ok(change) => {
-                    self.moderator.apply(&change);
-                    false
-                }
+                Ok(change) => match self.moderator.apply(&change) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, origin = %msg.origin, "Unusable moderation change; reloading");
+                        true
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, origin = %msg.origin, "Undecodable moderation change; reloading");
                     true
@@ -413,6 +439,12 @@ impl ModState {
             _ => false,
         }
     }
+}
+
+/// Resolves once shutdown starts. Its own function so the watch guard
+/// `wait_for` returns is dropped inside it, keeping callers' futures `Send`.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// The kind of a change, as counted and logged, and the room it is in
@@ -449,12 +481,15 @@ fn ops_for(change: &Change) -> Vec<StateOp> {
         Change::RoomSettings { room, settings } => put(ROOMS, room.clone(), json_bytes(settings)),
         Change::BlockWord { word, action } => put(
             BLOCKLIST,
-            word.clone(),
-            Bytes::from_static(action_str(*action).as_bytes()),
+            normalize(word),
+            json_bytes(&WordEntry {
+                word: word.clone(),
+                action: *action,
+            }),
         ),
-        Change::UnblockWord { word } => delete(BLOCKLIST, word.clone()),
-        Change::AllowWord { word } => put(ALLOWLIST, word.clone(), Bytes::new()),
-        Change::DisallowWord { word } => delete(ALLOWLIST, word.clone()),
+        Change::UnblockWord { word } => delete(BLOCKLIST, normalize(word)),
+        Change::AllowWord { word } => put(ALLOWLIST, normalize(word), Bytes::from(word.clone())),
+        Change::DisallowWord { word } => delete(ALLOWLIST, normalize(word)),
     }]
 }
 
@@ -471,25 +506,20 @@ fn snapshot_from(tables: StateSnapshot) -> Snapshot {
                 ROOMS => serde_json::from_slice(&value)
                     .map(|s| snapshot.rooms.push((field.clone(), s)))
                     .is_ok(),
-                BLOCKLIST => match &value[..] {
-                    b"block" => {
-                        snapshot.blocklist.push((field.clone(), WordAction::Block));
-                        true
-                    }
-                    b"mask" => {
-                        snapshot.blocklist.push((field.clone(), WordAction::Mask));
-                        true
-                    }
-                    _ => false,
-                },
-                ALLOWLIST => {
-                    snapshot.allowlist.push(field.clone());
-                    true
-                }
+                BLOCKLIST => serde_json::from_slice::<WordEntry>(&value)
+                    .map(|e| snapshot.blocklist.push((e.word, e.action)))
+                    .is_ok(),
+                ALLOWLIST => String::from_utf8(value.to_vec())
+                    .map(|word| snapshot.allowlist.push(word))
+                    .is_ok(),
                 _ => true,
             };
             if !ok {
-                tracing::warn!(table, field, "Skipping a moderation entry that does not decode");
+                tracing::warn!(
+                    table,
+                    field,
+                    "Skipping a moderation entry that does not decode"
+                );
             }
         }
     }
@@ -506,13 +536,6 @@ fn log_name(room: Option<&str>) -> String {
     match room {
         Some(room) => format!("room:{room}"),
         None => GLOBAL_LOG.into(),
-    }
-}
-
-fn action_str(action: WordAction) -> &'static str {
-    match action {
-        WordAction::Block => "block",
-        WordAction::Mask => "mask",
     }
 }
 
@@ -611,7 +634,10 @@ mod tests {
         let snapshot = snapshot_from(tables.into_iter().collect());
         assert_eq!(snapshot.mutes.len(), 2);
         assert!(snapshot.mutes.iter().any(|m| m.user == "bob" && m.shadow));
-        assert!(snapshot.mutes.iter().any(|m| m.user == "eve" && m.until_ms.is_none()));
+        assert!(snapshot
+            .mutes
+            .iter()
+            .any(|m| m.user == "eve" && m.until_ms.is_none()));
         assert_eq!(snapshot.rooms[0].1.slow_mode_secs, 5);
         assert_eq!(snapshot.blocklist, vec![("bad".into(), WordAction::Mask)]);
         assert_eq!(snapshot.allowlist, vec!["good".to_string()]);

@@ -6,16 +6,22 @@
 //! `unavailable` when the store could not take it) naming the field.
 
 use danmaku_moderation::{Change, FieldError, RoomSettings, WordAction, MAX_SLOW_MODE_SECS};
-use danmaku_proto::{ErrorCode, Moderate, Role, ServerEvent};
+use danmaku_proto::{ErrorCode, Moderate, Role, RoomId, ServerEvent};
 
 use crate::conn::Conn;
-use crate::modstate::{self, ActError, Actor};
+use crate::modstate::{self, ActError, Actor, ModState};
 
 /// Handles one command; always answers. An over-long nonce makes the
 /// frame a bad one, as for `ping`.
 pub(crate) async fn handle(conn: &mut Conn, command: Moderate) -> Result<(), String> {
     let nonce = command.nonce().map_err(|e| e.to_string())?;
-    let answer = match act(conn, &command).await {
+    let state = conn.gw.modstate.clone();
+    let room = conn.viewer.room.clone();
+    let outcome = match actor(conn) {
+        Ok(actor) => act(&state, &actor, &room, &command).await,
+        Err(e) => Err(e),
+    };
+    let answer = match outcome {
         Ok(()) => ServerEvent::Moderated {
             nonce,
             action: command.action,
@@ -66,15 +72,32 @@ fn field(field: &'static str, message: &str) -> ActError {
     })
 }
 
-/// Turns the command into an action and takes it.
-async fn act(conn: &Conn, command: &Moderate) -> Result<(), ActError> {
-    let actor = actor(conn)?;
-    let state = &conn.gw.modstate;
-    let room = &conn.viewer.room;
-    let user = || command.user.clone().ok_or_else(|| field("user", "is required"));
-    let word = || command.word.clone().ok_or_else(|| field("word", "is required"));
+/// Turns the command into an action in `room` and takes it.
+async fn act(
+    state: &ModState,
+    actor: &Actor,
+    room: &RoomId,
+    command: &Moderate,
+) -> Result<(), ActError> {
+    let user = || {
+        command
+            .user
+            .clone()
+            .ok_or_else(|| field("user", "is required"))
+    };
+    let word = || {
+        command
+            .word
+            .clone()
+            .ok_or_else(|| field("word", "is required"))
+    };
     let scope = || (!command.global.unwrap_or(false)).then_some(room);
-    let settings = || state.moderator.room_view(room.as_str(), danmaku_bus::now_ms()).settings;
+    let settings = || {
+        state
+            .moderator
+            .room_view(room.as_str(), danmaku_bus::now_ms())
+            .settings
+    };
     let set = |settings: RoomSettings| Change::RoomSettings {
         room: room.as_str().to_owned(),
         settings,
@@ -85,7 +108,7 @@ async fn act(conn: &Conn, command: &Moderate) -> Result<(), ActError> {
                 .seconds
                 .ok_or_else(|| field("seconds", "is required (0 = permanent)"))?;
             let shadow = command.shadow.unwrap_or(false);
-            modstate::mute(&actor, scope(), user()?, seconds, shadow)?
+            modstate::mute(actor, scope(), user()?, seconds, shadow)?
         }
         "unmute" => Change::Unmute {
             room: scope().map(|r| r.as_str().to_owned()),
@@ -110,7 +133,7 @@ async fn act(conn: &Conn, command: &Moderate) -> Result<(), ActError> {
         }),
         "recall" => {
             let id = command.id.as_deref().ok_or_else(|| field("id", "is required"))?;
-            state.recall(&actor, room, id).await?;
+            state.recall(actor, room, id).await?;
             return Ok(());
         }
         "block_word" => {
@@ -134,5 +157,5 @@ async fn act(conn: &Conn, command: &Moderate) -> Result<(), ActError> {
             ))
         }
     };
-    state.act(&actor, change).await
+    state.act(actor, change).await
 }

@@ -35,7 +35,13 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
     }
     if !gw.modstate.is_ready() {
         let message = "moderation rules are still loading; nothing was published";
-        return refuse(conn, nonce, RejectCode::Unavailable, message.into(), Some(1000));
+        return refuse(
+            conn,
+            nonce,
+            RejectCode::Unavailable,
+            message.into(),
+            Some(1000),
+        );
     }
     let moderator = &gw.modstate.moderator;
     let ctx = PostContext {
@@ -58,7 +64,13 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
             Ok(None) => {}
             Ok(Some(exceeded)) => {
                 let Some(check) = checked.cluster.get(exceeded.index) else {
-                    return refuse(conn, nonce, RejectCode::RateLimited, "posting too fast".into(), None);
+                    return refuse(
+                        conn,
+                        nonce,
+                        RejectCode::RateLimited,
+                        "posting too fast".into(),
+                        None,
+                    );
                 };
                 let refusal = moderator.refusal(check, exceeded.retry_after);
                 return refuse_with(conn, nonce, refusal);
@@ -66,7 +78,13 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
             Err(e) => {
                 tracing::warn!(error = %e, "Limit check failed");
                 let message = "service temporarily unavailable; nothing was published";
-                return refuse(conn, nonce, RejectCode::Unavailable, message.into(), Some(1000));
+                return refuse(
+                    conn,
+                    nonce,
+                    RejectCode::Unavailable,
+                    message.into(),
+                    Some(1000),
+                );
             }
         }
     }

@@ -198,7 +198,11 @@ async fn an_expired_token_stops_posts_until_auth_refreshes_it() {
     c.send_event(serde_json::json!({"type": "auth", "token": other, "nonce": "a1"}))
         .await;
     match next_answer(&mut c).await {
-        ServerEvent::Error { code, message } => {
+        ServerEvent::Error {
+            code,
+            message,
+            nonce: None,
+        } => {
             assert_eq!(code, ErrorCode::BadToken);
             assert!(message.contains("another user"), "{message}");
         }

@@ -30,6 +30,7 @@ async fn refused_as_bad_frame(c: &mut Client, what: &str, msg: Message) {
         ServerEvent::Error {
             code: ErrorCode::BadFrame,
             message,
+            nonce: None,
         } => assert!(!message.is_empty(), "{what}"),
         other => panic!("{what}: expected bad_frame, got {other:?}"),
     }

@@ -77,6 +77,7 @@ async fn bad_frames_get_errors_then_1008_and_the_socket_survives_until_then() {
             ServerEvent::Error {
                 code: ErrorCode::BadFrame,
                 message,
+                nonce: None,
             } => assert!(!message.is_empty()),
             other => panic!("expected bad_frame, got {other:?}"),
         }

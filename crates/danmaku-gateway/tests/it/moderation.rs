@@ -179,7 +179,13 @@ async fn every_pipeline_reject_code_reaches_the_poster_in_both_encodings() {
     })
     .await;
     let a = gw.addr;
-    admin(a, "POST", "/api/blocklist", Some(json!({"word": "forbidden"}))).await;
+    admin(
+        a,
+        "POST",
+        "/api/blocklist",
+        Some(json!({"word": "forbidden"})),
+    )
+    .await;
     for msgpack in [false, true] {
         let tag = if msgpack { "mp" } else { "js" };
         let room = |name: &str| format!("{name}-{tag}");
@@ -187,7 +193,13 @@ async fn every_pipeline_reject_code_reaches_the_poster_in_both_encodings() {
         // muted, with the time left.
         let mut m = join(a, &room("mute"), Some(&format!("troll-{tag}")), msgpack).await;
         let path = format!("/api/rooms/{}/mutes", room("mute"));
-        admin(a, "POST", &path, Some(json!({"user": format!("troll-{tag}"), "seconds": 60}))).await;
+        admin(
+            a,
+            "POST",
+            &path,
+            Some(json!({"user": format!("troll-{tag}"), "seconds": 60})),
+        )
+        .await;
         match post(&mut m, "hello").await.0 {
             Answer::Reject(RejectCode::Muted, Some(ms)) => assert!((55_000..=60_000).contains(&ms)),
             other => panic!("expected muted with retry_after_ms, got {other:?}"),
@@ -241,7 +253,10 @@ async fn every_pipeline_reject_code_reaches_the_poster_in_both_encodings() {
         ("danmaku_posts_rejected_total{code=\"duplicate\"}", 2),
         ("danmaku_posts_rejected_total{code=\"blocked\"}", 2),
         ("danmaku_moderation_actions_total{action=\"mute\"}", 2),
-        ("danmaku_moderation_actions_total{action=\"room_settings\"}", 4),
+        (
+            "danmaku_moderation_actions_total{action=\"room_settings\"}",
+            4,
+        ),
         ("danmaku_moderation_actions_total{action=\"block_word\"}", 1),
     ] {
         let value: u64 = metrics
@@ -307,8 +322,19 @@ async fn shadow_muted_posters_see_their_own_comment_and_nobody_else_does() {
 async fn blocked_words_are_caught_through_evasions_allowed_words_pass_and_masks_publish() {
     let gw = TestGateway::with(moderated).await;
     let a = gw.addr;
-    for (word, action) in [("fuck", "block"), ("学习", "block"), ("操", "block"), ("darn", "mask")] {
-        admin(a, "POST", "/api/blocklist", Some(json!({"word": word, "action": action}))).await;
+    for (word, action) in [
+        ("fuck", "block"),
+        ("学习", "block"),
+        ("操", "block"),
+        ("darn", "mask"),
+    ] {
+        admin(
+            a,
+            "POST",
+            "/api/blocklist",
+            Some(json!({"word": word, "action": action})),
+        )
+        .await;
     }
     for word in ["体操", "操作"] {
         admin(a, "POST", "/api/allowlist", Some(json!({"word": word}))).await;
@@ -323,7 +349,11 @@ async fn blocked_words_are_caught_through_evasions_allowed_words_pass_and_masks_
         "操",
         "操 你",
     ] {
-        assert_eq!(code(&mut c, evasion).await, RejectCode::Blocked, "{evasion:?}");
+        assert_eq!(
+            code(&mut c, evasion).await,
+            RejectCode::Blocked,
+            "{evasion:?}"
+        );
     }
     acked(&mut c, "我喜欢体操").await;
     acked(&mut c, "我在操作电脑").await;
@@ -350,43 +380,123 @@ async fn api_refusals_are_clear_and_change_nothing() {
         (Some("not-a-token"), 401, "a malformed token"),
         (Some(expired.as_str()), 401, "an expired token"),
         (Some(viewer_token.as_str()), 403, "a viewer's token"),
-        (Some(other_room.as_str()), 403, "a moderator of another room"),
+        (
+            Some(other_room.as_str()),
+            403,
+            "a moderator of another room",
+        ),
     ] {
         let (got, body) = api(a, "POST", path, bearer, Some(mute.clone())).await;
         assert_eq!(got, status, "{what}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
     }
     // A moderator of another room may not touch fleet-wide lists either.
-    let (got, _) = api(a, "POST", "/api/blocklist", Some(&other_room), Some(json!({"word": "x"}))).await;
+    let (got, _) = api(
+        a,
+        "POST",
+        "/api/blocklist",
+        Some(&other_room),
+        Some(json!({"word": "x"})),
+    )
+    .await;
     assert_eq!(got, 403);
     for (method, path, body, field) in [
-        ("POST", "/api/rooms/lobby/mutes", json!({"user": "u1"}), "seconds"),
-        ("POST", "/api/rooms/lobby/mutes", json!({"user": "u1", "seconds": -1}), "seconds"),
-        ("POST", "/api/rooms/lobby/mutes", json!({"seconds": 5}), "user"),
-        ("POST", "/api/rooms/lobby/mutes", json!({"user": "", "seconds": 5}), "user"),
-        ("POST", "/api/rooms/lobby/mutes", json!({"user": "u", "seconds": 5, "shadow": "y"}), "shadow"),
-        ("POST", "/api/rooms/bad%20room/mutes", json!({"user": "u", "seconds": 5}), "room"),
-        ("PUT", "/api/rooms/lobby/settings", json!({"slow_mode_secs": 301}), "slow_mode_secs"),
-        ("PUT", "/api/rooms/lobby/settings", json!({"locked": 1}), "locked"),
-        ("POST", "/api/blocklist", json!({"word": "x", "action": "burn"}), "action"),
+        (
+            "POST",
+            "/api/rooms/lobby/mutes",
+            json!({"user": "u1"}),
+            "seconds",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/mutes",
+            json!({"user": "u1", "seconds": -1}),
+            "seconds",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/mutes",
+            json!({"seconds": 5}),
+            "user",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/mutes",
+            json!({"user": "", "seconds": 5}),
+            "user",
+        ),
+        (
+            "POST",
+            "/api/rooms/lobby/mutes",
+            json!({"user": "u", "seconds": 5, "shadow": "y"}),
+            "shadow",
+        ),
+        (
+            "POST",
+            "/api/rooms/bad%20room/mutes",
+            json!({"user": "u", "seconds": 5}),
+            "room",
+        ),
+        (
+            "PUT",
+            "/api/rooms/lobby/settings",
+            json!({"slow_mode_secs": 301}),
+            "slow_mode_secs",
+        ),
+        (
+            "PUT",
+            "/api/rooms/lobby/settings",
+            json!({"locked": 1}),
+            "locked",
+        ),
+        (
+            "POST",
+            "/api/blocklist",
+            json!({"word": "x", "action": "burn"}),
+            "action",
+        ),
         ("POST", "/api/blocklist", json!({"word": ""}), "word"),
-        ("POST", "/api/allowlist", json!({"word": "w".repeat(65)}), "word"),
+        (
+            "POST",
+            "/api/allowlist",
+            json!({"word": "w".repeat(65)}),
+            "word",
+        ),
     ] {
         let (got, v) = api(a, method, path, Some(ADMIN), Some(body.clone())).await;
         assert_eq!(got, 400, "{method} {path} {body}: {v}");
         assert_eq!(v["field"], field, "{method} {path} {body}: {v}");
         assert!(v["message"].as_str().unwrap().contains(field), "{v}");
     }
-    let (got, v) = api(a, "POST", "/api/mutes", Some(ADMIN), Some(json!({"user": "u", "seconds": 1, "extra": 1}))).await;
+    let (got, v) = api(
+        a,
+        "POST",
+        "/api/mutes",
+        Some(ADMIN),
+        Some(json!({"user": "u", "seconds": 1, "extra": 1})),
+    )
+    .await;
     assert_eq!(got, 400);
     assert!(v["message"].as_str().unwrap().contains("extra"), "{v}");
     // Nothing changed.
     let view = admin(a, "GET", "/api/rooms/lobby/moderation", None).await;
     assert_eq!(view["mutes"], json!([]), "{view}");
-    assert_eq!(view["settings"], json!({"slow_mode_secs": 0, "locked": false}));
+    assert_eq!(
+        view["settings"],
+        json!({"slow_mode_secs": 0, "locked": false})
+    );
     assert_eq!(view["actions"], json!([]));
-    assert_eq!(admin(a, "GET", "/api/blocklist", None).await["words"], json!([]));
-    assert_eq!(admin(a, "GET", "/api/allowlist", None).await["words"], json!([]));
+    assert_eq!(
+        admin(a, "GET", "/api/blocklist", None).await["words"],
+        json!([])
+    );
+    assert_eq!(
+        admin(a, "GET", "/api/allowlist", None).await["words"],
+        json!([])
+    );
     let mut c = join(a, "lobby", Some("u1"), false).await;
     acked(&mut c, "still free").await;
     // A moderator of the room may act there, and the action is recorded.
@@ -406,7 +516,12 @@ async fn the_read_api_can_be_protected() {
         s.api_read_token = Secret("reader".into());
     })
     .await;
-    for (bearer, status) in [(None, 401), (Some("wrong"), 401), (Some("reader"), 200), (Some(ADMIN), 200)] {
+    for (bearer, status) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("reader"), 200),
+        (Some(ADMIN), 200),
+    ] {
         for path in ["/api/rooms", "/api/instances", "/api/stats"] {
             let (got, _) = api(gw.addr, "GET", path, bearer, None).await;
             assert_eq!(got, status, "{path} with {bearer:?}");
@@ -418,9 +533,12 @@ async fn the_read_api_can_be_protected() {
 /// Reads until the answer to a `moderate` command.
 async fn command_answer(c: &mut Client) -> ServerEvent {
     loop {
-        match c.next_event().await {
-            e @ (ServerEvent::Moderated { .. } | ServerEvent::Error { .. }) => return e,
-            _ => {}
+        let event = c.next_event().await;
+        if matches!(
+            event,
+            ServerEvent::Moderated { .. } | ServerEvent::Error { .. }
+        ) {
+            return event;
         }
     }
 }
@@ -444,11 +562,26 @@ async fn moderators_act_from_their_socket_and_viewers_may_not() {
     assert_eq!(code(&mut v, "hey").await, RejectCode::Muted);
     // Outside its rooms, fleet-wide, or with a bad field: refused.
     for (command, want) in [
-        (json!({"type": "moderate", "action": "mute", "user": "x", "seconds": 5, "global": true}), ErrorCode::Forbidden),
-        (json!({"type": "moderate", "action": "block_word", "word": "x"}), ErrorCode::Forbidden),
-        (json!({"type": "moderate", "action": "slow_mode", "seconds": 301}), ErrorCode::BadRequest),
-        (json!({"type": "moderate", "action": "zap"}), ErrorCode::BadRequest),
-        (json!({"type": "moderate", "action": "mute", "seconds": 5}), ErrorCode::BadRequest),
+        (
+            json!({"type": "moderate", "action": "mute", "user": "x", "seconds": 5, "global": true}),
+            ErrorCode::Forbidden,
+        ),
+        (
+            json!({"type": "moderate", "action": "block_word", "word": "x"}),
+            ErrorCode::Forbidden,
+        ),
+        (
+            json!({"type": "moderate", "action": "slow_mode", "seconds": 301}),
+            ErrorCode::BadRequest,
+        ),
+        (
+            json!({"type": "moderate", "action": "zap"}),
+            ErrorCode::BadRequest,
+        ),
+        (
+            json!({"type": "moderate", "action": "mute", "seconds": 5}),
+            ErrorCode::BadRequest,
+        ),
     ] {
         m.send_event(command.clone()).await;
         match command_answer(&mut m).await {
@@ -467,19 +600,29 @@ async fn moderators_act_from_their_socket_and_viewers_may_not() {
     // Lock, recall and unmute from the socket.
     m.send_event(json!({"type": "moderate", "action": "unmute", "user": "victim"}))
         .await;
-    assert!(matches!(command_answer(&mut m).await, ServerEvent::Moderated { .. }));
+    assert!(matches!(
+        command_answer(&mut m).await,
+        ServerEvent::Moderated { .. }
+    ));
     let id = acked(&mut v, "take me back").await;
     m.send_event(json!({"type": "moderate", "action": "recall", "id": id}))
         .await;
-    assert!(matches!(command_answer(&mut m).await, ServerEvent::Moderated { .. }));
+    assert!(matches!(
+        command_answer(&mut m).await,
+        ServerEvent::Moderated { .. }
+    ));
     loop {
         if let ServerEvent::Delete { id: gone, .. } = v.next_event().await {
             assert_eq!(gone, id);
             break;
         }
     }
-    m.send_event(json!({"type": "moderate", "action": "lock"})).await;
-    assert!(matches!(command_answer(&mut m).await, ServerEvent::Moderated { .. }));
+    m.send_event(json!({"type": "moderate", "action": "lock"}))
+        .await;
+    assert!(matches!(
+        command_answer(&mut m).await,
+        ServerEvent::Moderated { .. }
+    ));
     assert_eq!(code(&mut v, "locked out").await, RejectCode::RoomLocked);
 }
 
@@ -491,9 +634,27 @@ async fn the_embedded_gateway_keeps_moderation_across_a_restart() {
         s.data_dir = dir.to_string_lossy().into_owned();
     };
     let gw = TestGateway::with(with_dir).await;
-    admin(gw.addr, "POST", "/api/mutes", Some(json!({"user": "troll", "seconds": 0}))).await;
-    admin(gw.addr, "PUT", "/api/rooms/slowroom/settings", Some(json!({"slow_mode_secs": 60}))).await;
-    admin(gw.addr, "POST", "/api/blocklist", Some(json!({"word": "spoiler", "action": "mask"}))).await;
+    admin(
+        gw.addr,
+        "POST",
+        "/api/mutes",
+        Some(json!({"user": "troll", "seconds": 0})),
+    )
+    .await;
+    admin(
+        gw.addr,
+        "PUT",
+        "/api/rooms/slowroom/settings",
+        Some(json!({"slow_mode_secs": 60})),
+    )
+    .await;
+    admin(
+        gw.addr,
+        "POST",
+        "/api/blocklist",
+        Some(json!({"word": "spoiler", "action": "mask"})),
+    )
+    .await;
     gw.stop().await.unwrap();
     let again = TestGateway::with(with_dir).await;
     let mut t = join(again.addr, "anyroom", Some("troll"), false).await;
@@ -559,20 +720,50 @@ async fn a_mute_set_on_one_instance_holds_on_another_within_a_second_and_after_r
     let b = start(&redis, "b", |_| {}).await;
     let mut on_b = join(b.addr, "fleet", Some("troll"), false).await;
     acked(&mut on_b, "before").await;
-    admin(a.addr, "POST", "/api/rooms/fleet/mutes", Some(json!({"user": "troll", "seconds": 300}))).await;
-    until_answer(&mut on_b, "during", Some(RejectCode::Muted), Duration::from_secs(1)).await;
+    admin(
+        a.addr,
+        "POST",
+        "/api/rooms/fleet/mutes",
+        Some(json!({"user": "troll", "seconds": 300})),
+    )
+    .await;
+    until_answer(
+        &mut on_b,
+        "during",
+        Some(RejectCode::Muted),
+        Duration::from_secs(1),
+    )
+    .await;
     admin(a.addr, "DELETE", "/api/rooms/fleet/mutes/troll", None).await;
     until_answer(&mut on_b, "after", None, Duration::from_secs(1)).await;
     // Muted again; a new instance enforces it from its first post.
-    admin(b.addr, "POST", "/api/mutes", Some(json!({"user": "troll", "seconds": 0}))).await;
+    admin(
+        b.addr,
+        "POST",
+        "/api/mutes",
+        Some(json!({"user": "troll", "seconds": 0})),
+    )
+    .await;
     drop(a);
     let c = start(&redis, "c", |_| {}).await;
     let mut on_c = join(c.addr, "elsewhere", Some("troll"), false).await;
     assert_eq!(code(&mut on_c, "new instance").await, RejectCode::Muted);
     // Slow mode and the word lists are shared too.
-    admin(c.addr, "POST", "/api/blocklist", Some(json!({"word": "shared"}))).await;
+    admin(
+        c.addr,
+        "POST",
+        "/api/blocklist",
+        Some(json!({"word": "shared"})),
+    )
+    .await;
     let mut other = join(b.addr, "fleet", Some("someone"), false).await;
-    until_answer(&mut other, "shared word", Some(RejectCode::Blocked), Duration::from_secs(1)).await;
+    until_answer(
+        &mut other,
+        "shared word",
+        Some(RejectCode::Blocked),
+        Duration::from_secs(1),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -585,7 +776,13 @@ async fn a_recall_reaches_viewers_on_every_instance_and_leaves_history() {
     let keep = acked(&mut on_a, "keep me").await;
     let id = acked(&mut on_a, "regret").await;
     until_comment(&mut on_b, "regret").await;
-    let v = admin(a.addr, "DELETE", &format!("/api/rooms/recall/danmaku/{id}"), None).await;
+    let v = admin(
+        a.addr,
+        "DELETE",
+        &format!("/api/rooms/recall/danmaku/{id}"),
+        None,
+    )
+    .await;
     assert_eq!(v["in_history"], true, "{v}");
     for c in [&mut on_a, &mut on_b] {
         let deleted = tokio::time::timeout(PATIENCE, async {
