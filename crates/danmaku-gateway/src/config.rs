@@ -631,6 +631,36 @@ mod tests {
     }
 
     #[test]
+    fn the_moderation_variables_are_read_as_given() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("DANMAKU_AUTH_MODE", "token"),
+                ("DANMAKU_AUTH_SECRET", "new,old"),
+                ("DANMAKU_ADMIN_TOKEN", "00123"),
+                ("DANMAKU_BLOCKLIST_FILE", "/etc/danmaku/words.txt"),
+                ("DANMAKU_DATA_DIR", "/var/lib/danmaku"),
+                ("DANMAKU_API_READ_TOKEN", "1e3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth_mode, "token");
+        assert_eq!(s.auth_secret.0, vec!["new", "old"]);
+        // Kept exactly as given, not parsed as numbers.
+        assert_eq!(s.admin_token.0, "00123");
+        assert_eq!(s.api_read_token.0, "1e3");
+        assert_eq!(s.blocklist_file, "/etc/danmaku/words.txt");
+        assert_eq!(
+            s.bus_config().state_dir.as_deref(),
+            Some(Path::new("/var/lib/danmaku"))
+        );
+        let memory = Settings::load(None, env(&[("DANMAKU_DATA_DIR", "")])).unwrap();
+        assert_eq!(memory.bus_config().state_dir, None);
+        // Secrets never show in a debug print of the settings.
+        assert!(!format!("{s:?}").contains("00123"));
+    }
+
+    #[test]
     fn file_then_environment() {
         let dir = std::env::temp_dir().join(format!("danmaku-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -801,3 +801,75 @@ async fn a_recall_reaches_viewers_on_every_instance_and_leaves_history() {
     assert!(recent.contains(&keep.as_str()), "{recent:?}");
     assert!(!recent.contains(&id.as_str()), "{recent:?}");
 }
+
+#[tokio::test]
+async fn the_other_reject_codes_reach_the_poster_in_both_encodings_too() {
+    use danmaku_gateway::auth::LEEWAY_SECS;
+    let mut redis = RedisServer::start().unwrap();
+    let gw = start(&redis, "codes", |s| s.auth_mode = "token".into()).await;
+    let a = gw.addr;
+    let mut expiring = Vec::new();
+    for msgpack in [false, true] {
+        let mut guest = join_as(a, "codes", None, msgpack).await;
+        assert_eq!(code(&mut guest, "hi").await, RejectCode::Unauthorized);
+        let mut c = join(a, "codes", Some("writer"), msgpack).await;
+        assert_eq!(code(&mut c, "  ").await, RejectCode::Empty);
+        assert_eq!(code(&mut c, &"長".repeat(101)).await, RejectCode::TooLong);
+        assert_eq!(code(&mut c, "a\u{202E}b").await, RejectCode::InvalidText);
+        c.send_event(json!({"type": "post", "text": "x", "color": "red", "nonce": "c"}))
+            .await;
+        match c.next_event().await {
+            ServerEvent::Reject { code, .. } => assert_eq!(code, RejectCode::BadRequest),
+            other => panic!("expected bad_request, got {other:?}"),
+        }
+        // Valid now only thanks to the leeway: it expires within two seconds.
+        let short = token("short", Role::Viewer, None, 1 - LEEWAY_SECS as i64);
+        let mut e = join_as(a, "codes", Some(&short), msgpack).await;
+        acked(&mut e, "before").await;
+        expiring.push(e);
+    }
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    for e in &mut expiring {
+        assert_eq!(code(e, "after").await, RejectCode::TokenExpired);
+    }
+    let mut writers = Vec::new();
+    for msgpack in [false, true] {
+        writers.push(join(a, "codes", Some("writer2"), msgpack).await);
+    }
+    redis.stop();
+    for w in &mut writers {
+        assert_eq!(code(w, "nobody home").await, RejectCode::Unavailable);
+    }
+}
+
+#[tokio::test]
+async fn the_blocklist_file_seeds_the_shared_list() {
+    let dir = temp_dir("words");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("blocked.txt");
+    std::fs::write(&file, "# seeded words\nrotten\nspoiler\tmask\n\n").unwrap();
+    let gw = TestGateway::with(|s| {
+        moderated(s);
+        s.blocklist_file = file.to_string_lossy().into_owned();
+    })
+    .await;
+    let mut c = join(gw.addr, "seeded", Some("fan"), false).await;
+    assert_eq!(code(&mut c, "R O T T E N").await, RejectCode::Blocked);
+    acked(&mut c, "no spoiler here").await;
+    until_comment(&mut c, "no ******* here").await;
+    let listed = admin(gw.addr, "GET", "/api/blocklist", None).await;
+    assert_eq!(
+        listed["words"],
+        json!([{"word": "rotten", "action": "block"}, {"word": "spoiler", "action": "mask"}])
+    );
+    // A file that does not parse stops the start, naming the line.
+    std::fs::write(&file, "fine\nbad\tzap\n").unwrap();
+    let mut broken = crate::support::settings();
+    broken.blocklist_file = file.to_string_lossy().into_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = danmaku_gateway::run(listener, broken, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("line 2"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
