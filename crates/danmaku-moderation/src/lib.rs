@@ -49,7 +49,7 @@ use governor::RateLimiter;
 use parking_lot::{Mutex, RwLock};
 
 use crate::limits::{whole_ms, Budget, IpKey, Keyed};
-use crate::normalize::{origins, stable_hash};
+use crate::normalize::stable_hash;
 use crate::store::Rules;
 use crate::words::Words;
 
@@ -372,13 +372,13 @@ impl<C: Clock> Moderator<C> {
         }
 
         let folded = normalize(&accepted.text);
-        let found = words.scan(&folded);
-        let blocked = found
-            .blocked
+        let mut found = words.scan(&folded);
+        found.keep_spelled(&accepted.text, &folded);
+        let blocked = (!found.block.is_empty())
             .then(|| Refusal::new(RejectCode::Blocked, "the comment contains a blocked word"));
         if blocked.is_none() {
-            if !found.mask.is_empty() {
-                accepted.text = mask(&accepted.text, &found.mask);
+            if !found.mask_chars.is_empty() {
+                accepted.text = mask(&accepted.text, &found.mask_chars);
             }
             let window = self.inner.policy.duplicate_window;
             if !staff && !window.is_zero() {
@@ -612,11 +612,10 @@ fn mute_step<I>(rules: &Rules, ctx: &PostContext<'_, I>) -> Result<bool, Refusal
     }
 }
 
-/// Replaces with `*` each original character of `text` behind the folded
-/// byte ranges `spans`, including the spaces or invisible characters that
-/// were put between a word's letters (they lie inside its original span).
-fn mask(text: &str, spans: &[Range<usize>]) -> String {
-    let hidden = origins(text, spans);
+/// Replaces with `*` each original character of `text` in the character
+/// ranges `hidden` (a masked word's, including the spaces or invisible
+/// characters that were put between its letters).
+fn mask(text: &str, hidden: &[Range<usize>]) -> String {
     text.chars()
         .enumerate()
         .map(|(i, c)| {

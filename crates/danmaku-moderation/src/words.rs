@@ -44,11 +44,88 @@ impl std::fmt::Debug for Words {
 /// What the words found in one post.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Found {
-    /// A `block` word outside every allowed word.
-    pub(crate) blocked: bool,
+    /// Byte ranges of the folded text where a `block` word outside every
+    /// allowed word matched, in order.
+    pub(crate) block: Vec<Range<usize>>,
     /// Byte ranges of the folded text to mask, in order, possibly
     /// overlapping.
     pub(crate) mask: Vec<Range<usize>>,
+    /// The original characters behind each of `mask`, once
+    /// [`Found::keep_spelled`] has run.
+    pub(crate) mask_chars: Vec<Range<usize>>,
+}
+
+impl Found {
+    /// Drops the Latin matches that straddle the original text's words
+    /// rather than spell one out ([`spells_a_word`]).
+    pub(crate) fn keep_spelled(&mut self, original: &str, folded: &str) {
+        if self.block.is_empty() && self.mask.is_empty() {
+            return;
+        }
+        let chars: Vec<char> = original.chars().collect();
+        // One pass maps every span back to the original characters.
+        let spans: Vec<Range<usize>> = self.block.iter().chain(&self.mask).cloned().collect();
+        let origins = crate::normalize::origins(original, &spans);
+        let kept = |span: &Range<usize>, origin: &Range<usize>| {
+            let latin = folded
+                .get(span.clone())
+                .is_some_and(|w| w.bytes().all(|b| b.is_ascii_alphanumeric()));
+            !latin || spells_a_word(&chars, origin.clone())
+        };
+        let (block_origins, mask_origins) = origins.split_at(self.block.len());
+        let mut block = Vec::new();
+        for (span, origin) in self.block.iter().zip(block_origins) {
+            if kept(span, origin) {
+                block.push(span.clone());
+            }
+        }
+        let (mut mask, mut mask_chars) = (Vec::new(), Vec::new());
+        for (span, origin) in self.mask.iter().zip(mask_origins) {
+            if kept(span, origin) {
+                mask.push(span.clone());
+                mask_chars.push(origin.clone());
+            }
+        }
+        self.block = block;
+        self.mask = mask;
+        self.mask_chars = mask_chars;
+    }
+}
+
+/// Whether a Latin match over the original characters `at` spells a word
+/// out rather than straddling two. Separators are dropped before matching
+/// so that `f u c k` and `f.u.c.k` are caught; but then `this hit` would
+/// hold `shit`. So a Latin match that crosses a separator (space,
+/// punctuation, symbol: not the invisible characters, which hide inside a
+/// word) counts only when it begins and ends on word edges: it covers whole
+/// words, as a spaced-out word does. Inside one word, a match always
+/// counts. Chinese and Japanese put no spaces between words, so matches in
+/// them are never held to this.
+fn spells_a_word(chars: &[char], at: Range<usize>) -> bool {
+    let Some(inside) = chars.get(at.clone()) else {
+        return true;
+    };
+    let separator = |c: &char| c.is_whitespace() || (!c.is_alphanumeric() && !is_invisible(*c));
+    if !inside.iter().any(separator) {
+        return true;
+    }
+    let before = at.start.checked_sub(1).and_then(|i| chars.get(i));
+    let after = chars.get(at.end);
+    !before.is_some_and(|c| c.is_alphanumeric()) && !after.is_some_and(|c| c.is_alphanumeric())
+}
+
+/// Characters that render as nothing, which an evader puts inside a word.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200D}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{FEFF}'
+            | '\u{180E}'
+            | '\u{00AD}'
+            | '\u{034F}'
+            | '\u{FE00}'..='\u{FE0F}'
+    )
 }
 
 impl Words {
@@ -171,7 +248,7 @@ impl Words {
                 continue;
             }
             if kind == BLOCK {
-                found.blocked = true;
+                found.block.push(span);
             } else {
                 found.mask.push(span);
             }
@@ -192,28 +269,65 @@ mod tests {
         .expect("builds")
     }
 
+    /// Whether `text` is blocked, as the pipeline decides it.
+    fn blocked(w: &Words, text: &str) -> bool {
+        let folded = normalize(text);
+        let mut found = w.scan(&folded);
+        found.keep_spelled(text, &folded);
+        !found.block.is_empty()
+    }
+
+    #[test]
+    fn latin_matches_must_spell_a_word_out_not_straddle_two() {
+        let w = words(
+            &[("shit", WordAction::Block), ("ass", WordAction::Block)],
+            &[],
+        );
+        for straddling in ["this hit", "this, hit", "was sad", "Las Salinas"] {
+            assert!(!blocked(&w, straddling), "{straddling:?}");
+        }
+        for spelled in [
+            "shit",
+            "SHIT!",
+            "oh shit.",
+            "s h i t",
+            "s.h.i.t happens",
+            "sh it",
+            "s\u{200B}hit",
+            "bullshit",
+            "ass",
+            "a s s",
+        ] {
+            assert!(blocked(&w, spelled), "{spelled:?}");
+        }
+        // Chinese puts no spaces between words: separators never excuse it.
+        let w = words(&[("操你", WordAction::Block)], &[]);
+        assert!(blocked(&w, "我操 你"));
+        assert!(blocked(&w, "我操.你好"));
+    }
+
     #[test]
     fn allowed_words_contain_blocked_ones() {
         let w = words(&[("操", WordAction::Block)], &["体操", "操作"]);
-        assert!(!w.scan(&normalize("体操")).blocked);
-        assert!(!w.scan(&normalize("我在操作")).blocked);
-        assert!(w.scan(&normalize("操")).blocked);
-        assert!(w.scan(&normalize("操你")).blocked);
+        assert!(!blocked(&w, "体操"));
+        assert!(!blocked(&w, "我在操作"));
+        assert!(blocked(&w, "操"));
+        assert!(blocked(&w, "操你"));
         // An allowed word elsewhere does not excuse a blocked one.
-        assert!(w.scan(&normalize("体操 操")).blocked);
+        assert!(blocked(&w, "体操 操"));
     }
 
     #[test]
     fn a_match_overlapping_an_allowed_word_still_counts() {
         let w = words(&[("操你", WordAction::Block)], &["体操"]);
-        assert!(w.scan(&normalize("体操你")).blocked);
+        assert!(blocked(&w, "体操你"));
     }
 
     #[test]
     fn mask_spans_are_folded_byte_ranges() {
         let w = words(&[("bad", WordAction::Mask)], &[]);
         let found = w.scan("abadbad");
-        assert!(!found.blocked);
+        assert!(found.block.is_empty());
         assert_eq!(found.mask, vec![1..4, 4..7]);
     }
 
