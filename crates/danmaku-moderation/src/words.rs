@@ -62,7 +62,6 @@ impl Found {
         if self.block.is_empty() && self.mask.is_empty() {
             return;
         }
-        let chars: Vec<char> = original.chars().collect();
         // One pass maps every span back to the original characters.
         let spans: Vec<Range<usize>> = self.block.iter().chain(&self.mask).cloned().collect();
         let origins = crate::normalize::origins(original, &spans);
@@ -70,7 +69,7 @@ impl Found {
             let latin = folded
                 .get(span.clone())
                 .is_some_and(|w| w.bytes().all(|b| b.is_ascii_alphanumeric()));
-            !latin || spells_a_word(&chars, origin.clone())
+            !latin || spells_a_word(original, origin.clone())
         };
         let (block_origins, mask_origins) = origins.split_at(self.block.len());
         let mut block = Vec::new();
@@ -101,17 +100,20 @@ impl Found {
 /// words, as a spaced-out word does. Inside one word, a match always
 /// counts. Chinese and Japanese put no spaces between words, so matches in
 /// them are never held to this.
-fn spells_a_word(chars: &[char], at: Range<usize>) -> bool {
-    let Some(inside) = chars.get(at.clone()) else {
-        return true;
-    };
-    let separator = |c: &char| c.is_whitespace() || (!c.is_alphanumeric() && !is_invisible(*c));
-    if !inside.iter().any(separator) {
-        return true;
+fn spells_a_word(original: &str, at: Range<usize>) -> bool {
+    let (mut before, mut after, mut crosses) = (None, None, false);
+    for (i, c) in original.chars().enumerate() {
+        if i + 1 == at.start {
+            before = Some(c);
+        } else if at.contains(&i) {
+            crosses |= c.is_whitespace() || (!c.is_alphanumeric() && !is_invisible(c));
+        } else if i == at.end {
+            after = Some(c);
+            break;
+        }
     }
-    let before = at.start.checked_sub(1).and_then(|i| chars.get(i));
-    let after = chars.get(at.end);
-    !before.is_some_and(|c| c.is_alphanumeric()) && !after.is_some_and(|c| c.is_alphanumeric())
+    !crosses
+        || (!before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric))
 }
 
 /// Characters that render as nothing, which an evader puts inside a word.
