@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use danmaku_proto::{
-    decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Role, RoomId,
+    decode_client, encode, ClientEvent, Danmaku, ErrorCode, Format, Hello, Limits, Role, RoomId,
     ServerEvent,
 };
 use futures_util::{FutureExt, SinkExt};
@@ -109,6 +109,22 @@ pub(crate) struct Viewer {
     pub(crate) ip: std::net::IpAddr,
 }
 
+/// The limits a connection of `role` is held to: moderators and admins
+/// write longer comments and have a larger budget.
+fn limits_for(gw: &Gateway, role: Role) -> Limits {
+    if role < Role::Moderator {
+        return gw.limits.clone();
+    }
+    let policy = gw.modstate.moderator.policy();
+    let factor = policy.moderator_rate_factor;
+    Limits {
+        max_text_chars: policy.max_text_chars_moderator,
+        post_rate_count: gw.limits.post_rate_count.saturating_mul(factor),
+        post_burst: gw.limits.post_burst.saturating_mul(factor),
+        ..gw.limits.clone()
+    }
+}
+
 /// Everything one connection keeps. Command handlers get it whole.
 pub(crate) struct Conn {
     pub(crate) gw: Arc<Gateway>,
@@ -186,7 +202,7 @@ async fn serve(mut conn: Box<Conn>) {
         role: Some(viewer.identity.role),
         online: gw.presence.online(viewer.room.as_str(), local),
         server: gw.instance_id.clone(),
-        limits: gw.limits.clone(),
+        limits: limits_for(gw, viewer.identity.role),
         recent,
     });
     conn.reply(&hello);

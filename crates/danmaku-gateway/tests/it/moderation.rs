@@ -213,6 +213,10 @@ async fn every_pipeline_reject_code_reaches_the_poster_in_both_encodings() {
         let modtoken = token(&format!("mod-{tag}"), Role::Moderator, None, 600);
         let mut moderator = join_as(a, &room("locked"), Some(&modtoken), msgpack).await;
         acked(&mut moderator, "moderators may").await;
+        // Moderators write longer comments, and are told so.
+        assert_eq!(moderator.hello.limits.max_text_chars, 300);
+        assert_eq!(v.hello.limits.max_text_chars, 100);
+        acked(&mut moderator, &"長".repeat(150)).await;
 
         // slow_mode, with the wait.
         let mut s = join(a, &room("slow"), Some(&format!("s-{tag}")), msgpack).await;
