@@ -287,14 +287,13 @@ async fn global_mute(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
 
 /// `DELETE /api/rooms/{room}/mutes/{user}` and `DELETE /api/mutes/{user}`.
 async fn unmute(gw: &Gateway, headers: &HeaderMap, room: Option<&str>, user: String) -> ApiResult {
-    let actor = actor(gw, headers)?;
+    actor(gw, headers)?;
     let room = room.map(room_id).transpose()?;
     let change = Change::Unmute {
         room: room.map(|r| r.as_str().to_owned()),
         user,
     };
-    gw.modstate.act(&actor, change).await?;
-    ok(json!({ "ok": true }))
+    take(gw, headers, change).await
 }
 
 async fn room_unmute(
@@ -408,29 +407,33 @@ async fn block_word(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: By
     ok(json!({ "word": word, "action": action }))
 }
 
+/// Takes a change that needs no body, answering `{"ok": true}`.
+async fn take(gw: &Gateway, headers: &HeaderMap, change: Change) -> ApiResult {
+    let actor = actor(gw, headers)?;
+    gw.modstate.act(&actor, change).await?;
+    ok(json!({ "ok": true }))
+}
+
 async fn unblock_word(
     State(gw): State<Arc<Gateway>>,
     Path(word): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let actor = actor(&gw, &headers)?;
-    gw.modstate
-        .act(&actor, Change::UnblockWord { word })
-        .await?;
-    ok(json!({ "ok": true }))
+    take(&gw, &headers, Change::UnblockWord { word }).await
+}
+
+/// A word list, to credentials that may moderate somewhere.
+fn listing(gw: &Gateway, headers: &HeaderMap, words: Vec<Value>) -> ApiResult {
+    actor(gw, headers)?;
+    ok(json!({ "words": words }))
 }
 
 /// `GET /api/blocklist`: every blocked word with its action.
 async fn blocklist(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult {
-    actor(&gw, &headers)?;
-    let words: Vec<Value> = gw
-        .modstate
-        .moderator
-        .blocklist()
-        .into_iter()
-        .map(|(word, action)| json!({ "word": word, "action": action }))
-        .collect();
-    ok(json!({ "words": words }))
+    let moderator = &gw.modstate.moderator;
+    let words = moderator.blocklist().into_iter();
+    let words = words.map(|(word, action)| json!({ "word": word, "action": action }));
+    listing(&gw, &headers, words.collect())
 }
 
 /// `POST /api/allowlist`: {word}.
@@ -449,24 +452,14 @@ async fn disallow_word(
     Path(word): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
-    let actor = actor(&gw, &headers)?;
-    gw.modstate
-        .act(&actor, Change::DisallowWord { word })
-        .await?;
-    ok(json!({ "ok": true }))
+    take(&gw, &headers, Change::DisallowWord { word }).await
 }
 
 /// `GET /api/allowlist`: every allowed word.
 async fn allowlist(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult {
-    actor(&gw, &headers)?;
-    let words: Vec<Value> = gw
-        .modstate
-        .moderator
-        .allowlist()
-        .into_iter()
-        .map(|word| json!({ "word": word }))
-        .collect();
-    ok(json!({ "words": words }))
+    let words = gw.modstate.moderator.allowlist().into_iter();
+    let words = words.map(|word| json!({ "word": word }));
+    listing(&gw, &headers, words.collect())
 }
 
 #[cfg(test)]

@@ -34,14 +34,7 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
         _ => {}
     }
     if !gw.modstate.is_ready() {
-        let message = "moderation rules are still loading; nothing was published";
-        return refuse(
-            conn,
-            nonce,
-            RejectCode::Unavailable,
-            message.into(),
-            Some(1000),
-        );
+        return unavailable(conn, nonce, "moderation rules are still loading");
     }
     let moderator = &gw.modstate.moderator;
     let ctx = PostContext {
@@ -77,14 +70,7 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Limit check failed");
-                let message = "service temporarily unavailable; nothing was published";
-                return refuse(
-                    conn,
-                    nonce,
-                    RejectCode::Unavailable,
-                    message.into(),
-                    Some(1000),
-                );
+                return unavailable(conn, nonce, "service temporarily unavailable");
             }
         }
     }
@@ -125,14 +111,7 @@ pub(crate) async fn handle(conn: &mut Conn, post: Post) {
         }
         Err(e) => {
             tracing::warn!(error = %e, "Publish failed");
-            let message = "service temporarily unavailable; nothing was published";
-            refuse(
-                conn,
-                nonce,
-                RejectCode::Unavailable,
-                message.into(),
-                Some(1000),
-            );
+            unavailable(conn, nonce, "service temporarily unavailable");
         }
     }
 }
@@ -146,6 +125,12 @@ fn limit_check(check: &ClusterCheck) -> LimitCheck {
             ClusterKind::Once { ttl } => LimitKind::Once { ttl },
         },
     }
+}
+
+/// Refuses with `unavailable`, to retry in a second: nothing was published.
+fn unavailable(conn: &Conn, nonce: Option<Nonce>, why: &str) {
+    let message = format!("{why}; nothing was published");
+    refuse(conn, nonce, RejectCode::Unavailable, message, Some(1000))
 }
 
 /// Sends moderation's refusal.
