@@ -149,10 +149,12 @@ impl Gateway {
 /// Builds the bus the settings ask for: embedded unless `redis_url` is set.
 fn build_bus(settings: &Settings, metrics: &Metrics) -> Result<Arc<dyn Bus>, GatewayError> {
     if settings.redis_url.is_empty() {
-        return Ok(Arc::new(EmbeddedBus::new(
-            settings.bus_config(),
-            metrics.bus.clone(),
-        )));
+        // A saved moderation state that cannot be read stops the start:
+        // serving without the mutes and word lists it holds would quietly
+        // undo what moderators did. The message names the file.
+        let bus = EmbeddedBus::open(settings.bus_config(), metrics.bus.clone())
+            .map_err(|e| GatewayError::Config(format!("data_dir: {e}")))?;
+        return Ok(Arc::new(bus));
     }
     // Never connects here: the bus retries in the background, so the
     // gateway serves (not ready) while Redis is down.

@@ -877,3 +877,23 @@ async fn the_blocklist_file_seeds_the_shared_list() {
     assert!(err.to_string().contains("line 2"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_unreadable_saved_state_stops_the_start_rather_than_lose_it() {
+    let dir = temp_dir("corrupt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("state.msgpack"), b"not a state file").unwrap();
+    let mut s = crate::support::settings();
+    s.data_dir = dir.to_string_lossy().into_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = danmaku_gateway::run(listener, s, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("data_dir"), "{err}");
+    // The file is left as it was, for the operator to look at.
+    assert_eq!(
+        std::fs::read(dir.join("state.msgpack")).unwrap(),
+        b"not a state file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
