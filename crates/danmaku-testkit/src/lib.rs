@@ -51,47 +51,59 @@ pub enum TestkitError {
 }
 
 /// Makes sure `redis-server` is on the `PATH`, so that the README's one test
-/// command works on a fresh Debian machine: as root, installs Debian's
-/// package when it is missing (once per machine; concurrent test binaries
-/// queue on a lock file); otherwise says the one line to run.
+/// command works on a fresh Debian machine (see [`ensure_debian_package`]).
 fn ensure_redis_server() -> Result<(), TestkitError> {
     static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let installed = || {
-        Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     CHECKED
         .get_or_init(|| {
-            if installed() {
-                return Ok(());
-            }
-            let root = Command::new("id")
-                .arg("-u")
-                .output()
-                .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-            let hint = "run `apt-get install -y redis-server` as root".to_owned();
-            if !root {
-                return Err(hint);
-            }
-            eprintln!("redis-server is missing: installing Debian's redis-server");
-            let script = "apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-                          apt-get install -y -qq redis-server";
-            let done = Command::new("flock")
-                .args(["/tmp/danmaku-testkit-apt.lock", "sh", "-c", script])
-                .status()
-                .is_ok_and(|s| s.success());
-            if done && installed() {
-                Ok(())
-            } else {
-                Err(format!("installing it failed; {hint}"))
-            }
+            ensure_debian_package("redis-server", || runs("redis-server", &["--version"]))
         })
         .clone()
         .map_err(TestkitError::Missing)
+}
+
+/// Whether `program args` runs and exits 0.
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure what `installed` checks for is there: as root, installs
+/// Debian's `package` when it is missing (concurrent test binaries queue on
+/// one lock file, so apt runs once at a time); otherwise says the one line
+/// to run. `Err` holds that line.
+pub fn ensure_debian_package(package: &str, installed: impl Fn() -> bool) -> Result<(), String> {
+    if installed() {
+        return Ok(());
+    }
+    let hint = format!("run `apt-get install -y {package}` as root");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !root {
+        return Err(hint);
+    }
+    eprintln!("{package} is missing: installing Debian's package");
+    let script = format!(
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package}"
+    );
+    let lock = "/tmp/danmaku-testkit-apt.lock";
+    // Another binary may have installed it while this one waited.
+    let done = installed()
+        || Command::new("flock")
+            .args([lock, "sh", "-c", &script])
+            .status()
+            .is_ok_and(|s| s.success());
+    if done && installed() {
+        Ok(())
+    } else {
+        Err(format!("installing it failed; {hint}"))
+    }
 }
 
 /// A `redis-server` process owned by a test: no persistence, loopback only,
