@@ -35,6 +35,7 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(api::metrics))
         .merge(read_api(gw.clone()))
         .merge(crate::admin::routes())
+        .merge(crate::web::routes())
         .with_state(gw)
 }
 

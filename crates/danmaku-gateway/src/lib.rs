@@ -25,6 +25,7 @@ mod outbox;
 mod presence;
 mod rooms;
 mod server;
+mod web;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
