@@ -262,6 +262,12 @@ export class DanmakuClient {
     }
     this.#ws = ws;
     this.#openedAt = null;
+    if (this.state === 'connecting') {
+      // The first attempt: announced here, once, so listeners added right
+      // after connect() see it.
+      this.#emit('state', 'connecting', null);
+      this.#emit('connecting', { url: this.#url });
+    }
     this.#sawErrors = false;
     ws.onmessage = (ev) => {
       if (this.#ws !== ws || typeof ev.data !== 'string') return;
