@@ -29,8 +29,13 @@ export async function startGateway(env = {}) {
   if (!bin) {
     throw new Error('DANMAKU_GATEWAY_BIN is not set: run these tests through `cargo test`');
   }
+  // The gateway refuses DANMAKU_* variables it doesn't know, and the test
+  // runner's own (DANMAKU_GATEWAY_BIN, DANMAKU_ARTIFACTS) are among them.
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith('DANMAKU_')),
+  );
   const child = spawn(bin, [], {
-    env: { ...process.env, ...TEST_ENV, ...env },
+    env: { ...inherited, ...TEST_ENV, ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise((resolve) => child.once('exit', resolve));
