@@ -41,8 +41,9 @@ export class Renderer {
     this.active = new Map(); // id -> item
     this.pool = [];
     this.scrollLanes = []; // per lane: last item placed, or null
-    this.topLanes = []; // per lane: expiry time (ms, performance.now())
-    this.bottomLanes = [];
+    // Top and bottom comments share one column of lanes (top fills from
+    // the top, bottom from the bottom) so the two never overlap.
+    this.fixedLanes = []; // per lane: expiry time (ms, performance.now())
     this.stats = { shown: 0, dropped: 0 };
     this.tokens = this.settings.density;
     this.tokensAt = performance.now();
@@ -93,8 +94,7 @@ export class Renderer {
       while (arr.length < lanes) arr.push(empty);
     };
     resizeLanes(this.scrollLanes, null);
-    resizeLanes(this.topLanes, 0);
-    resizeLanes(this.bottomLanes, 0);
+    resizeLanes(this.fixedLanes, 0);
     this.usableHeight = usable;
   }
 
@@ -133,8 +133,13 @@ export class Renderer {
     return -1;
   }
 
-  fixedLane(lanes, now) {
-    for (let i = 0; i < lanes.length; i++) if (lanes[i] <= now) return i;
+  fixedLane(mode, now) {
+    const lanes = this.fixedLanes;
+    const n = lanes.length;
+    for (let k = 0; k < n; k++) {
+      const i = mode === 'top' ? k : n - 1 - k;
+      if (lanes[i] <= now) return i;
+    }
     return -1;
   }
 
@@ -162,7 +167,7 @@ export class Renderer {
       speed = (this.width + w) / this.settings.scrollMs; // px per ms
       lane = this.scrollLane(now, w, speed);
     } else {
-      lane = this.fixedLane(mode === 'top' ? this.topLanes : this.bottomLanes, now);
+      lane = this.fixedLane(mode, now);
     }
     // The density budget is spent only on comments that have a place.
     if (lane < 0 || !this.takeToken(now)) {
@@ -178,7 +183,6 @@ export class Renderer {
     let anim;
     if (mode === 'scroll') {
       el.style.top = `${lane * this.lineHeight}px`;
-      el.style.bottom = '';
       this.stage.appendChild(el);
       anim = el.animate(
         [{ transform: `translate3d(${this.width}px,0,0)` }, { transform: `translate3d(${-w}px,0,0)` }],
@@ -186,16 +190,9 @@ export class Renderer {
       );
       this.scrollLanes[lane] = { id: d.id, item, start: now, w, speed };
     } else {
-      const offset = lane * this.lineHeight;
-      if (mode === 'top') {
-        el.style.top = `${offset}px`;
-        el.style.bottom = '';
-        this.topLanes[lane] = now + this.settings.fixedMs;
-      } else {
-        el.style.top = '';
-        el.style.bottom = `calc(var(--dm-reserved) + ${offset}px)`;
-        this.bottomLanes[lane] = now + this.settings.fixedMs;
-      }
+      // Lanes lie within the usable height, above any reserved band.
+      el.style.top = `${lane * this.lineHeight}px`;
+      this.fixedLanes[lane] = now + this.settings.fixedMs;
       this.stage.appendChild(el);
       anim = el.animate([{ opacity: 1 }, { opacity: 1 }], { duration: this.settings.fixedMs });
     }
@@ -220,8 +217,7 @@ export class Renderer {
       item.anim.onfinish = null;
       item.anim.cancel();
     }
-    if (item.mode === 'top' && this.topLanes[item.lane] !== undefined) this.topLanes[item.lane] = 0;
-    if (item.mode === 'bottom' && this.bottomLanes[item.lane] !== undefined) this.bottomLanes[item.lane] = 0;
+    if (item.mode !== 'scroll' && this.fixedLanes[item.lane] !== undefined) this.fixedLanes[item.lane] = 0;
     const el = item.el;
     el.remove();
     el.textContent = '';
@@ -239,8 +235,7 @@ export class Renderer {
   clear() {
     for (const item of [...this.active.values()]) this.release(item);
     this.scrollLanes.fill(null);
-    this.topLanes.fill(0);
-    this.bottomLanes.fill(0);
+    this.fixedLanes.fill(0);
   }
 
   /** The comment data of an element on the stage, if it is one. */
