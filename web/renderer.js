@@ -47,7 +47,6 @@ export class Renderer {
     this.stats = { shown: 0, dropped: 0 };
     this.tokens = this.settings.density;
     this.tokensAt = performance.now();
-    this.measureCtx = document.createElement('canvas').getContext('2d');
     this.width = 0;
     this.height = 0;
     this.applySettings();
@@ -108,10 +107,22 @@ export class Renderer {
     return true;
   }
 
-  textWidth(text) {
-    this.measureCtx.font = this.font;
+  /** Whether the density budget has a comment to spare, without spending it. */
+  hasToken(now) {
+    const rate = this.settings.density;
+    return Math.min(rate, this.tokens + ((now - this.tokensAt) / 1000) * rate) >= 1;
+  }
+
+  /**
+   * The rendered width of `el`, which is on the stage but not yet placed.
+   * Read from the layout, not estimated with a canvas: the page's fonts and
+   * the browser's fallback for missing glyphs are what is drawn, and a
+   * canvas may measure another font. One layout read per comment shown,
+   * never one per frame.
+   */
+  measure(el) {
     // Padding for the outline drawn around the glyphs.
-    return Math.ceil(this.measureCtx.measureText(text).width) + 4;
+    return Math.ceil(el.getBoundingClientRect().width) + 4;
   }
 
   /** A free lane for a scrolling comment of width w, or -1. */
@@ -120,13 +131,19 @@ export class Renderer {
     for (let i = 0; i < this.scrollLanes.length; i++) {
       const prev = this.scrollLanes[i];
       if (!prev || !this.active.has(prev.id) || prev.item !== this.active.get(prev.id)) return i;
-      const elapsed = now - prev.start;
+      // How far it has really moved: the animation's own clock, not the
+      // time it was added, since under load an animation starts frames
+      // after it was created (still 0 while it waits for its first frame).
+      const clock = prev.item.anim && prev.item.anim.currentTime;
+      const elapsed = typeof clock === 'number' ? clock : 0;
       // Distance between the previous comment's tail and the stage's right
-      // edge (where the new comment's head starts).
-      const gap = prev.speed * elapsed - prev.w;
+      // edge (where the new comment's head starts). It started from the
+      // stage's width at its time, which a resize may have changed since.
+      const tail = prev.x0 - prev.speed * elapsed + prev.w;
+      const gap = W - tail;
       if (gap < this.gap) continue;
       // Time until the previous comment has left the stage.
-      const left = (W + prev.w) / prev.speed - elapsed;
+      const left = (prev.x0 + prev.w) / prev.speed - elapsed;
       if (speed > prev.speed && gap - (speed - prev.speed) * Math.max(0, left) < 0) continue;
       return i;
     }
@@ -160,7 +177,20 @@ export class Renderer {
       return false;
     }
     const now = performance.now();
-    const w = this.textWidth(d.text);
+    // Over the budget: dropped before it costs a layout.
+    if (!this.hasToken(now)) {
+      this.stats.dropped++;
+      return false;
+    }
+    const el = this.pool.pop() || this.makeNode();
+    el.textContent = d.text;
+    el.style.color = COLOR.test(d.color || '') ? d.color : '#ffffff';
+    el.className = `dm dm-${mode}`;
+    // Parked off the stage's right edge while it is measured.
+    el.style.top = '0px';
+    el.style.transform = `translate3d(${this.width}px,0,0)`;
+    this.stage.appendChild(el);
+    const w = this.measure(el);
     let lane;
     let speed = 0;
     if (mode === 'scroll') {
@@ -171,29 +201,27 @@ export class Renderer {
     }
     // The density budget is spent only on comments that have a place.
     if (lane < 0 || !this.takeToken(now)) {
+      el.remove();
+      el.textContent = '';
+      if (this.pool.length < MAX_POOL) this.pool.push(el);
       this.stats.dropped++;
       return false;
     }
-    const el = this.pool.pop() || this.makeNode();
-    el.textContent = d.text;
-    el.style.color = COLOR.test(d.color || '') ? d.color : '#ffffff';
+    el.style.transform = '';
     el.dataset.id = d.id;
-    el.className = `dm dm-${mode}`;
     const item = { id: d.id, data: d, el, mode, lane, anim: null };
     let anim;
     if (mode === 'scroll') {
       el.style.top = `${lane * this.lineHeight}px`;
-      this.stage.appendChild(el);
       anim = el.animate(
         [{ transform: `translate3d(${this.width}px,0,0)` }, { transform: `translate3d(${-w}px,0,0)` }],
         { duration: this.settings.scrollMs, easing: 'linear', fill: 'both' },
       );
-      this.scrollLanes[lane] = { id: d.id, item, start: now, w, speed };
+      this.scrollLanes[lane] = { id: d.id, item, x0: this.width, w, speed };
     } else {
       // Lanes lie within the usable height, above any reserved band.
       el.style.top = `${lane * this.lineHeight}px`;
       this.fixedLanes[lane] = now + this.settings.fixedMs;
-      this.stage.appendChild(el);
       anim = el.animate([{ opacity: 1 }, { opacity: 1 }], { duration: this.settings.fixedMs });
     }
     item.anim = anim;
