@@ -283,6 +283,7 @@ pub async fn run(
         address,
         started_ms: danmaku_bus::now_ms(),
         interval: ms(settings.heartbeat_interval_ms),
+        counters: gw.metrics.report_counters(),
     };
     tokio::spawn(presence::run_heartbeat(
         heartbeat,
