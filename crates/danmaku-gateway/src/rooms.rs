@@ -50,6 +50,9 @@ pub(crate) struct FanoutConfig {
     pub online_interval: Duration,
 }
 
+/// A number per room, as heartbeats carry them.
+pub(crate) type RoomTally = Vec<(String, u64)>;
+
 /// One shard of the registry: room id to room.
 type Shard = Mutex<HashMap<String, Arc<Room>>>;
 
@@ -228,7 +231,7 @@ impl Rooms {
 
     /// Local viewers and comments fanned out (since the room opened here)
     /// per room, rooms with no viewer left out: what a heartbeat reports.
-    pub(crate) fn local_report(&self) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+    pub(crate) fn local_report(&self) -> (RoomTally, RoomTally) {
         let (mut counts, mut comments) = (Vec::new(), Vec::new());
         for shard in self.shards.iter() {
             for (id, room) in shard.lock().iter() {
