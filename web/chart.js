@@ -45,7 +45,8 @@ export function drawChart(canvas, points, { now = Date.now(), windowMs = 600_000
 
   const start = now - windowMs;
   const shown = points.filter((p) => p.t >= start && p.t <= now);
-  const top = niceCeiling(Math.max(0, ...shown.map((p) => p.value)));
+  // Headroom above the highest point, so a flat line does not hide on the top rule.
+  const top = niceCeiling(1.15 * Math.max(0, ...shown.map((p) => p.value)));
   const plotW = width - PAD.left - PAD.right;
   const plotH = height - PAD.top - PAD.bottom;
   const x = (t) => PAD.left + ((t - start) / windowMs) * plotW;
