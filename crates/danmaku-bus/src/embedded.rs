@@ -666,6 +666,13 @@ mod tests {
             address: "gw:1".into(),
             started_ms: 1,
             rooms: vec![("a".into(), 2)],
+            counters: crate::InstanceCounters {
+                room_comments: vec![("a".into(), 7)],
+                posts_accepted: 7,
+                rejected: vec![("rate_limited".into(), 1)],
+                frames_dropped: 3,
+                slow_evictions: 1,
+            },
         };
         bus.report(report.clone()).await.unwrap();
         assert_eq!(bus.cluster_rooms().await.unwrap(), [("a".to_string(), 2)]);

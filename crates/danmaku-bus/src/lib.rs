@@ -125,6 +125,35 @@ pub struct InstanceReport {
     pub started_ms: u64,
     /// Local connections per room, rooms with none left out.
     pub rooms: Vec<(String, u64)>,
+    /// Cumulative counters since the instance started, for fleet-wide
+    /// rates (the dashboard differences them between heartbeats). Absent
+    /// from a report of an older version, which reads as all zero.
+    #[serde(default)]
+    pub counters: InstanceCounters,
+}
+
+/// An instance's cumulative counters, as its heartbeat carries them. Each
+/// only grows while the instance runs; one that went down means the
+/// instance (or, for a room's count, the room) started afresh.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct InstanceCounters {
+    /// Comments fanned out per local room, counted once per room (not per
+    /// viewer) since the room last opened here; rooms with no viewer left
+    /// out.
+    #[serde(default)]
+    pub room_comments: Vec<(String, u64)>,
+    /// Posts published and acknowledged.
+    #[serde(default)]
+    pub posts_accepted: u64,
+    /// Posts refused, per reject code; codes never seen left out.
+    #[serde(default)]
+    pub rejected: Vec<(String, u64)>,
+    /// Room frames dropped because a viewer's queue was full.
+    #[serde(default)]
+    pub frames_dropped: u64,
+    /// Connections closed as too slow.
+    #[serde(default)]
+    pub slow_evictions: u64,
 }
 
 /// A live instance's last heartbeat, raw: the gateway turns it into its own

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use danmaku_bus::{
     now_ms, Broker, BusConfig, BusError, BusMetrics, ControlMessage, Controller, Health,
-    InstanceReport, PresenceManager, Readiness, RecvError, RedisBus, RedisBusConfig, RoomEvent,
-    Subscription, CONTROL_RESYNC,
+    InstanceCounters, InstanceReport, PresenceManager, Readiness, RecvError, RedisBus,
+    RedisBusConfig, RoomEvent, Subscription, CONTROL_RESYNC,
 };
 use danmaku_proto::{Danmaku, RoomId};
 use danmaku_testkit::{comment, RedisServer};
@@ -420,6 +420,7 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
         address: format!("{id}:8080"),
         started_ms: now_ms() - 5_000,
         rooms: rooms.iter().map(|(r, n)| (r.to_string(), *n)).collect(),
+        ..InstanceReport::default()
     };
     a.report(report("gw-a", &[("x", 2), ("y", 1)]))
         .await
@@ -476,6 +477,60 @@ async fn presence_sums_live_instances_and_forgets_the_gone() {
         .redis_cli(&["ZRANGE", "t:instances", "0", "-1"])
         .unwrap();
     assert_eq!(members, ["gw-a"]);
+}
+
+#[tokio::test]
+async fn heartbeat_counters_round_trip_and_an_older_report_reads_as_zero() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = two_buses(&redis).await;
+    let counters = InstanceCounters {
+        room_comments: vec![("x".into(), 12)],
+        posts_accepted: 12,
+        rejected: vec![("rate_limited".into(), 3), ("blocked".into(), 1)],
+        frames_dropped: 5,
+        slow_evictions: 2,
+    };
+    let report = InstanceReport {
+        id: "gw-a".into(),
+        address: "gw-a:8080".into(),
+        started_ms: now_ms(),
+        rooms: vec![("x".into(), 2)],
+        counters: counters.clone(),
+    };
+    a.report(report.clone()).await.unwrap();
+    let list = b.instances().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].report, report);
+
+    // A hash as an older version writes it, with no counters field: the
+    // instance still counts, with zero counters.
+    let now = now_ms().to_string();
+    let _: () = redis
+        .redis_cli(&[
+            "HSET",
+            "t:instance:gw-old",
+            "id",
+            "gw-old",
+            "address",
+            "old:1",
+            "started_ms",
+            "1",
+            "rooms",
+            r#"[["x",4]]"#,
+            "last_heartbeat_ms",
+            &now,
+        ])
+        .unwrap();
+    let _: () = redis
+        .redis_cli(&["ZADD", "t:instances", &now, "gw-old"])
+        .unwrap();
+    let mut list = b.instances().await.unwrap();
+    list.sort_by(|p, q| p.report.id.cmp(&q.report.id));
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].report.id, "gw-old");
+    assert_eq!(list[1].report.rooms, [("x".to_string(), 4)]);
+    assert_eq!(list[1].report.counters, InstanceCounters::default());
+    assert_eq!(b.cluster_rooms().await.unwrap(), [("x".to_string(), 6)]);
 }
 
 #[tokio::test]

@@ -33,6 +33,8 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(api::metrics))
+        // Checks the read credentials itself: they may come as `?token=`.
+        .route("/api/live", get(crate::live::live))
         .merge(read_api(gw.clone()))
         .merge(crate::admin::routes())
         .merge(crate::web::routes())

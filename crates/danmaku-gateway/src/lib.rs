@@ -18,6 +18,7 @@ mod conn;
 mod frame;
 mod http;
 mod ids;
+mod live;
 mod metrics;
 mod modstate;
 mod origin;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 pub use crate::api::{InstanceInfo, InstancesResponse, RoomCount, RoomsResponse, StatsResponse};
 pub use crate::client_addr::Cidr;
 pub use crate::config::Settings;
+pub use crate::live::{LiveHistory, LiveInstance, LivePoint, LiveRoom, LiveSnapshot};
 pub use crate::modstate::{ActionRecord, RoomModeration};
 pub use crate::origin::Origin;
 
@@ -71,6 +73,8 @@ pub(crate) struct Gateway {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) rooms: Arc<Rooms>,
     pub(crate) presence: Arc<Presence>,
+    /// The fleet's live view for the dashboard, sampled in the background.
+    pub(crate) live: live::Live,
     /// The moderation rules, kept in step with the fleet; posts are judged
     /// by its moderator.
     pub(crate) modstate: Arc<modstate::ModState>,
@@ -265,6 +269,7 @@ pub async fn run(
         bus: bus.clone(),
         rooms: rooms.clone(),
         presence: presence.clone(),
+        live: live::Live::new(instance_id.clone(), ms(settings.heartbeat_interval_ms)),
         modstate: modstate.clone(),
         admin_token: settings.admin_token.0.clone(),
         api_read_token: settings.api_read_token.0.clone(),
@@ -283,6 +288,7 @@ pub async fn run(
         address,
         started_ms: danmaku_bus::now_ms(),
         interval: ms(settings.heartbeat_interval_ms),
+        counters: gw.metrics.report_counters(),
     };
     tokio::spawn(presence::run_heartbeat(
         heartbeat,
@@ -291,6 +297,7 @@ pub async fn run(
         bus.clone(),
         stop_rx.clone(),
     ));
+    tokio::spawn(live::run_sampler(gw.clone(), stop_rx.clone()));
     tokio::spawn(run_pulses(
         pulse_txs,
         ms(settings.ping_interval_ms),

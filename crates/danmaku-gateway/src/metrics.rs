@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 
-use danmaku_bus::BusMetrics;
+use danmaku_bus::{BusMetrics, InstanceCounters};
 use danmaku_proto::RejectCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -177,6 +177,35 @@ impl FanoutMetrics {
     }
 }
 
+/// The registry's counters that every heartbeat carries to the fleet, so
+/// fleet-wide rates can be told from any instance.
+#[derive(Clone, Debug)]
+pub(crate) struct ReportCounters {
+    posts_accepted: Counter,
+    rejected: [Counter; REJECT_CODES.len()],
+    frames_dropped: Counter,
+    slow_evictions: Counter,
+}
+
+impl ReportCounters {
+    /// Their values now, with `room_comments` as given; reject codes never
+    /// seen are left out to keep the heartbeat small.
+    pub(crate) fn read(&self, room_comments: Vec<(String, u64)>) -> InstanceCounters {
+        InstanceCounters {
+            room_comments,
+            posts_accepted: self.posts_accepted.get(),
+            rejected: REJECT_CODES
+                .iter()
+                .zip(&self.rejected)
+                .filter(|(_, c)| c.get() > 0)
+                .map(|(code, c)| (code.as_str().to_owned(), c.get()))
+                .collect(),
+            frames_dropped: self.frames_dropped.get(),
+            slow_evictions: self.slow_evictions.get(),
+        }
+    }
+}
+
 /// All of a gateway's metrics, and the registry that exposes them.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -326,6 +355,16 @@ impl Metrics {
         self.rejected.iter().map(Counter::get).sum()
     }
 
+    /// Handles on the counters a heartbeat carries, for the heartbeat task.
+    pub(crate) fn report_counters(&self) -> ReportCounters {
+        ReportCounters {
+            posts_accepted: self.posts_accepted.clone(),
+            rejected: self.rejected.clone(),
+            frames_dropped: self.fanout.frames_dropped.clone(),
+            slow_evictions: self.fanout.slow_evictions.clone(),
+        }
+    }
+
     /// Everything, in Prometheus text format.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
@@ -363,5 +402,19 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         assert_eq!(m.rejected_total(), 2);
+    }
+
+    #[test]
+    fn report_counters_carry_only_the_codes_seen() {
+        let m = Metrics::new("gw-1");
+        m.posts_accepted.inc_by(4);
+        m.rejected(RejectCode::RateLimited).inc_by(2);
+        m.fanout.frames_dropped.inc_by(3);
+        let c = m.report_counters().read(vec![("r".into(), 4)]);
+        assert_eq!(c.posts_accepted, 4);
+        assert_eq!(c.rejected, [("rate_limited".to_string(), 2)]);
+        assert_eq!(c.frames_dropped, 3);
+        assert_eq!(c.slow_evictions, 0);
+        assert_eq!(c.room_comments, [("r".to_string(), 4)]);
     }
 }

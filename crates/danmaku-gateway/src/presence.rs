@@ -4,6 +4,10 @@
 //! back the fleet's sums. It keeps "viewers on other instances" per room, so a
 //! count shown to a client is this instance's exact local count plus the
 //! others' as of the last heartbeat.
+//!
+//! The heartbeat also carries the instance's cumulative counters (comments
+//! per room, posts accepted and refused, drops), from which any instance
+//! can tell fleet-wide rates (`live.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use danmaku_bus::{InstanceReport, PresenceManager};
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
+use crate::metrics::ReportCounters;
 use crate::rooms::Rooms;
 
 /// Viewers on other instances, per room.
@@ -59,6 +64,8 @@ pub(crate) struct Heartbeat {
     pub started_ms: u64,
     /// Interval between heartbeats.
     pub interval: Duration,
+    /// The cumulative counters each heartbeat carries.
+    pub counters: ReportCounters,
 }
 
 /// Reports local counts and refreshes the others' until shutdown.
@@ -76,12 +83,13 @@ pub(crate) async fn run_heartbeat(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let local = rooms.local_counts();
+        let (local, room_comments) = rooms.local_report();
         let report = InstanceReport {
             id: hb.id.clone(),
             address: hb.address.clone(),
             started_ms: hb.started_ms,
             rooms: local.clone(),
+            counters: hb.counters.read(room_comments),
         };
         // Every bus call is bounded by the bus itself.
         if let Err(e) = bus.report(report).await {

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub(crate) struct FanoutConfig {
     pub online_interval: Duration,
 }
 
+/// A number per room, as heartbeats carry them.
+pub(crate) type RoomTally = Vec<(String, u64)>;
+
 /// One shard of the registry: room id to room.
 type Shard = Mutex<HashMap<String, Arc<Room>>>;
 
@@ -79,6 +83,10 @@ pub(crate) struct Room {
     members: Mutex<Members>,
     /// Tells the room task to stop once the room has been removed.
     stop: Notify,
+    /// Comments fanned out since the room opened here: bumped once per
+    /// delivery to the room (not per viewer), read by the heartbeat, so
+    /// the fleet can tell each room's comment rate.
+    comments: AtomicU64,
 }
 
 #[derive(Default)]
@@ -148,6 +156,7 @@ impl Rooms {
                     id: id.clone(),
                     members: Mutex::default(),
                     stop: Notify::new(),
+                    comments: AtomicU64::new(0),
                 });
                 let sub = self.bus.subscribe(id);
                 let span = tracing::info_span!("room", room = %id);
@@ -219,6 +228,22 @@ impl Rooms {
         }
         out
     }
+
+    /// Local viewers and comments fanned out (since the room opened here)
+    /// per room, rooms with no viewer left out: what a heartbeat reports.
+    pub(crate) fn local_report(&self) -> (RoomTally, RoomTally) {
+        let (mut counts, mut comments) = (Vec::new(), Vec::new());
+        for shard in self.shards.iter() {
+            for (id, room) in shard.lock().iter() {
+                let n = room.members.lock().count as u64;
+                if n > 0 {
+                    counts.push((id.clone(), n));
+                    comments.push((id.clone(), room.comments.load(Ordering::Relaxed)));
+                }
+            }
+        }
+        (counts, comments)
+    }
 }
 
 /// The frames of one room event (or batch of comments), built once per
@@ -284,6 +309,8 @@ impl Room {
                 .collect()
         });
         metrics.comments.inc_by(items.len() as u64);
+        self.comments
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         self.push(&mut prepared, Lane::Droppable, config, metrics);
     }
 

@@ -2,6 +2,7 @@
 //! the binary so `cargo run` and a container need no files beside it.
 //!
 //! `GET /` is the room picker, `GET /room/{room}` a room's viewer page,
+//! `GET /dashboard` the fleet's live dashboard and moderation panel,
 //! `GET /client/danmaku.js` (and its `.d.ts`) the client library, and
 //! `GET /static/{file}` the pages' scripts and styles. Every response is a
 //! fixed asset; pages get their data from the API and the WebSocket.
@@ -45,10 +46,26 @@ const STATIC: &[Asset] = &[
         content_type: CSS,
         body: include_str!("../../../web/style.css"),
     },
+    Asset {
+        name: "dashboard.js",
+        content_type: JS,
+        body: include_str!("../../../web/dashboard.js"),
+    },
+    Asset {
+        name: "chart.js",
+        content_type: JS,
+        body: include_str!("../../../web/chart.js"),
+    },
+    Asset {
+        name: "dashboard.css",
+        content_type: CSS,
+        body: include_str!("../../../web/dashboard.css"),
+    },
 ];
 
 const INDEX: &str = include_str!("../../../web/index.html");
 const ROOM: &str = include_str!("../../../web/room.html");
+const DASHBOARD: &str = include_str!("../../../web/dashboard.html");
 const CLIENT: &str = include_str!("../../../clients/js/danmaku.js");
 const CLIENT_TYPES: &str = include_str!("../../../clients/js/danmaku.d.ts");
 
@@ -57,6 +74,7 @@ pub(crate) fn routes() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/", get(|| async { asset(HTML, INDEX) }))
         .route("/room/{room}", get(room))
+        .route("/dashboard", get(|| async { asset(HTML, DASHBOARD) }))
         .route("/client/danmaku.js", get(|| async { asset(JS, CLIENT) }))
         .route(
             "/client/danmaku.d.ts",

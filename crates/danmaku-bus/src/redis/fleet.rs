@@ -16,8 +16,12 @@ impl PresenceManager for RedisBus {
         let inner = &self.inner;
         Box::pin(bounded(inner.op_timeout(), "heartbeat", async move {
             let now = now_ms();
-            let rooms = serde_json::to_string(&report.rooms)
-                .map_err(|e| BusError::Unavailable(format!("encoding the report: {e}")))?;
+            let encode =
+                |e: serde_json::Error| BusError::Unavailable(format!("encoding the report: {e}"));
+            let rooms = serde_json::to_string(&report.rooms).map_err(encode)?;
+            // A field of its own: readers of an older version never ask
+            // for it, and a report without it reads as zero counters.
+            let counters = serde_json::to_string(&report.counters).map_err(encode)?;
             let key = inner.keys.instance(&report.id);
             let mut pipe = ::redis::pipe();
             pipe.atomic();
@@ -31,6 +35,8 @@ impl PresenceManager for RedisBus {
                 .arg(report.started_ms)
                 .arg("rooms")
                 .arg(rooms)
+                .arg("counters")
+                .arg(counters)
                 .arg("last_heartbeat_ms")
                 .arg(now)
                 .ignore();
@@ -132,6 +138,12 @@ fn parse_status(id: &str, fields: &HashMap<String, String>) -> Option<InstanceSt
             address: fields.get("address")?.clone(),
             started_ms: fields.get("started_ms")?.parse().ok()?,
             rooms: serde_json::from_str(fields.get("rooms")?).ok()?,
+            // Missing (an older writer) or unreadable counters are zero:
+            // the instance still counts for presence.
+            counters: fields
+                .get("counters")
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or_default(),
         },
         last_heartbeat_ms: fields.get("last_heartbeat_ms")?.parse().ok()?,
     })

@@ -9,6 +9,7 @@ mod decoding;
 mod handshake;
 mod hardening;
 mod limits;
+mod live;
 mod memory;
 mod moderation;
 mod observability;
