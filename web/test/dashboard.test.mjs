@@ -146,3 +146,40 @@ test('the live view asks for the read token when one is configured', async () =>
     await guarded.stop();
   }
 });
+
+test('a recall from the dashboard removes the comment from a viewer page', async () => {
+  const room = 'dash-recall';
+  const viewerPage = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const dashboard = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
+  try {
+    await viewerPage.goto(`${gw.http}/room/${room}`);
+    await viewerPage.waitForFunction(() => window.danmakuPage && window.danmakuPage.user, null, { timeout: 10_000 });
+    // A comment from another viewer, whose id the ack gives.
+    const poster = await viewer(room);
+    const id = await new Promise((resolve) => {
+      poster.onmessage = (e) => {
+        const event = JSON.parse(e.data);
+        if (event.type === 'ack') resolve(event.id);
+      };
+      poster.send(JSON.stringify({ type: 'post', text: 'take this back', nonce: 'r1' }));
+    });
+    const shown = viewerPage.locator('#log li', { hasText: 'take this back' });
+    await shown.waitFor({ timeout: 10_000 });
+
+    await dashboard.goto(`${gw.http}/dashboard`);
+    await dashboard.fill('#mod-token', ADMIN);
+    await dashboard.dispatchEvent('#mod-token', 'change');
+    await dashboard.fill('#mod-room', room);
+    await dashboard.dispatchEvent('#mod-room', 'change');
+    await dashboard.fill('#recall-form input[name=id]', id);
+    await dashboard.click('#recall-form button[type=submit]');
+    await dashboard.locator('#mod-result').filter({ hasText: 'done' }).waitFor({ timeout: 10_000 });
+
+    // Gone from the viewer's log and stage.
+    await shown.waitFor({ state: 'detached', timeout: 10_000 });
+    assert.equal(await viewerPage.locator('#stage .dm', { hasText: 'take this back' }).count(), 0);
+  } finally {
+    await viewerPage.close();
+    await dashboard.close();
+  }
+});
