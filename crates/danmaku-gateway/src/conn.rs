@@ -324,7 +324,9 @@ impl Conn {
         let limit = self.gw.conn.slow_close;
         let cap = self.gw.conn.max_write_buffer_bytes;
         let mark = &self.gw.metrics.fanout.max_write_buffered;
+        let frames_written = &self.gw.metrics.fanout.frames_written;
         let ws = &mut self.ws;
+        let frames_len = frames.len() as u64;
         let write = async move {
             let (mut buffered, mut most) = (0, 0);
             for frame in frames {
@@ -338,7 +340,11 @@ impl Conn {
                 ws.feed(to_message(frame)).await?;
             }
             raise_mark(mark, most);
-            ws.flush().await
+            let flushed = ws.flush().await;
+            if flushed.is_ok() {
+                frames_written.inc_by(frames_len);
+            }
+            flushed
         };
         let mut write = std::pin::pin!(write);
         // Most writes finish at once, when the socket has room: only a

@@ -15,6 +15,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -133,8 +134,17 @@ impl ServerMetrics {
 const REJECT_CODES: [RejectCode; RejectCode::ALL.len()] = RejectCode::ALL;
 
 /// Counters of the fan-out: updated by room tasks and connections.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct FanoutMetrics {
+    /// Seconds from a comment's acceptance (its `ts`) to its room task
+    /// pushing it to the viewers: the bus and the flush window together.
+    /// Observed once per comment per room task, not per viewer.
+    pub(crate) post_to_fanout: Histogram,
+    /// Comments per flush of a room task (1 for a lone comment).
+    pub(crate) batch_items: Histogram,
+    /// Frames written to sockets, counted once per write of a batch of
+    /// frames rather than per frame.
+    pub(crate) frames_written: Counter,
     /// Comments fanned out, once per room task (not per viewer).
     pub(crate) comments: Counter,
     /// Frames pushed into outboxes (deliveries).
@@ -157,6 +167,28 @@ pub(crate) struct FanoutMetrics {
     /// The most bytes one connection handed the WebSocket layer before
     /// waiting for its socket, since start.
     pub(crate) max_write_buffered: Gauge,
+}
+
+impl Default for FanoutMetrics {
+    fn default() -> Self {
+        FanoutMetrics {
+            // 1 ms to about 16 s: a flush window is tens of ms, a backlog
+            // seconds.
+            post_to_fanout: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 1 to 1024 comments per flush.
+            batch_items: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            frames_written: Counter::default(),
+            comments: Counter::default(),
+            frames_pushed: Counter::default(),
+            frames_dropped: Counter::default(),
+            must_frames: Counter::default(),
+            slow_evictions: Counter::default(),
+            bus_lagged: Counter::default(),
+            max_queued: Gauge::default(),
+            max_queued_bytes: Gauge::default(),
+            max_write_buffered: Gauge::default(),
+        }
+    }
 }
 
 /// Raises a high-water mark to `value` if it is higher. The plain load
@@ -276,6 +308,21 @@ impl Metrics {
             ACTION_KINDS.map(|action| by_action.get_or_create(&ActionLabel { action }).clone()),
         );
         let fanout = FanoutMetrics::default();
+        registry.register(
+            "danmaku_post_to_fanout_seconds",
+            "Time from a comment's acceptance to its room task pushing it to the viewers",
+            fanout.post_to_fanout.clone(),
+        );
+        registry.register(
+            "danmaku_batch_items",
+            "Comments per flush of a room task",
+            fanout.batch_items.clone(),
+        );
+        registry.register(
+            "danmaku_frames_written",
+            "Frames written to sockets",
+            fanout.frames_written.clone(),
+        );
         registry.register(
             "danmaku_comments_fanned_out",
             "Comments fanned out by room tasks, once per room",

@@ -309,6 +309,12 @@ impl Room {
                 .collect()
         });
         metrics.comments.inc_by(items.len() as u64);
+        metrics.batch_items.observe(items.len() as f64);
+        let now_ms = danmaku_bus::now_ms();
+        for d in items {
+            let ms = now_ms.saturating_sub(d.ts);
+            metrics.post_to_fanout.observe(ms as f64 / 1000.0);
+        }
         self.comments
             .fetch_add(items.len() as u64, Ordering::Relaxed);
         self.push(&mut prepared, Lane::Droppable, config, metrics);

@@ -59,6 +59,24 @@ async fn metrics_and_stats_count_posts_rejects_and_connections_from_one_registry
         Some(1.0)
     );
     assert!(sample(&text, "danmaku_frames_pushed_total").unwrap() >= 2.0);
+    // The time from post to fan-out and the flush sizes, once per comment
+    // and per flush; frames written to sockets (the hello, the ack and the
+    // comment at least).
+    assert_eq!(
+        sample(&text, "danmaku_post_to_fanout_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&text, "danmaku_post_to_fanout_seconds_sum").unwrap() < 5.0);
+    assert_eq!(sample(&text, "danmaku_batch_items_count"), Some(1.0));
+    assert_eq!(sample(&text, "danmaku_batch_items_sum"), Some(1.0));
+    assert!(sample(&text, "danmaku_frames_written_total").unwrap() >= 3.0);
+    // Moderation actions by kind and build info are there from the start.
+    assert_eq!(
+        sample(&text, "danmaku_moderation_actions_total{action=\"recall\"}"),
+        Some(0.0)
+    );
+    assert!(text.contains("danmaku_build_info{"), "{text}");
     // The bus's counters are in the same registry.
     assert!(text.contains("danmaku_bus_"), "{text}");
     // Every metric has its HELP and TYPE, and counters end in _total.
