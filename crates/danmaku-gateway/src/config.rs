@@ -175,6 +175,12 @@ pub struct Settings {
     /// the action log) is saved so a restart keeps it; empty keeps it in
     /// memory only. With Redis, state lives in Redis.
     pub data_dir: String,
+    /// PEM certificate chain: with `tls_key_file`, the gateway serves TLS
+    /// (`wss://`, `https://`) itself, for a single node without a proxy;
+    /// both empty serve plain TCP.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`; set both or neither.
+    pub tls_key_file: String,
     /// Moderator actions kept per room (and for fleet-wide actions) in the
     /// action log that `/api/rooms/{room}/moderation` shows.
     pub moderation_log_len: usize,
@@ -265,6 +271,8 @@ impl Default for Settings {
             limiter_evict_interval_ms: 60_000,
             blocklist_file: String::new(),
             data_dir: "data".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
             moderation_log_len: 200,
         }
     }
@@ -324,6 +332,8 @@ impl Settings {
             "api_read_token",
             "blocklist_file",
             "data_dir",
+            "tls_cert_file",
+            "tls_key_file",
         ] {
             let var = format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase());
             if let Some(value) = vars.remove(&var) {
@@ -424,6 +434,22 @@ impl Settings {
                 key: "auth_secret",
                 reason: "must hold at least one secret when auth_mode is `token`".into(),
             });
+        }
+        // Half a TLS setup would quietly serve plain TCP where TLS was meant.
+        match (self.tls_cert_file.is_empty(), self.tls_key_file.is_empty()) {
+            (false, true) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_key_file",
+                    reason: "must be set when tls_cert_file is".into(),
+                })
+            }
+            (true, false) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert_file",
+                    reason: "must be set when tls_key_file is".into(),
+                })
+            }
+            _ => {}
         }
         let redis_scheme = ["redis://", "rediss://"]
             .iter()
