@@ -26,6 +26,7 @@ mod outbox;
 mod presence;
 mod rooms;
 mod server;
+mod tls;
 mod web;
 
 use std::future::Future;
@@ -228,6 +229,10 @@ pub async fn run(
     let moderator =
         Moderator::new(settings.policy()).map_err(|e| GatewayError::Config(e.to_string()))?;
     let seed = load_blocklist(&settings)?;
+    // Before anything serves: a certificate or key that cannot be used
+    // stops the start, naming the file.
+    let tls = tls::acceptor(&settings.tls_cert_file, &settings.tls_key_file)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
     let instance_id = settings.instance_id();
     let metrics = Metrics::new(&instance_id);
     let bus = build_bus(&settings, &metrics)?;
@@ -317,9 +322,15 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    tracing::info!(addr = %listener.local_addr()?, instance = %instance_id, "Gateway listening");
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        instance = %instance_id,
+        tls = tls.is_some(),
+        "Gateway listening"
+    );
     let server = Arc::new(server::Server::new(
         settings.server_config(),
+        tls,
         http::router(gw.clone()),
         gw.metrics.server.clone(),
     ));

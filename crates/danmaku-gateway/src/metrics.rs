@@ -91,6 +91,9 @@ pub(crate) struct ServerMetrics {
     pub(crate) headers_too_large: Counter,
     /// HTTP connections still open at the shutdown deadline, dropped.
     pub(crate) shutdown_dropped: Counter,
+    /// Connections closed because their TLS handshake failed (plain HTTP
+    /// to a TLS port, an untrusted certificate, garbage).
+    pub(crate) tls_handshake: Counter,
 }
 
 impl ServerMetrics {
@@ -111,7 +114,7 @@ impl ServerMetrics {
         let by_reason = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "danmaku_connections_refused",
-            "TCP connections and WebSocket upgrades refused (per-address cap, origin, PROXY header) or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
+            "TCP connections and WebSocket upgrades refused (per-address cap, origin, PROXY header, TLS handshake) or cut off by a bound (timeouts, head size, shutdown deadline), by reason",
             by_reason.clone(),
         );
         let reason = |reason| by_reason.get_or_create(&ReasonLabel { reason }).clone();
@@ -126,6 +129,7 @@ impl ServerMetrics {
             idle_timeouts: reason("idle_timeout"),
             headers_too_large: reason("header_too_large"),
             shutdown_dropped: reason("shutdown_deadline"),
+            tls_handshake: reason("tls_handshake"),
         }
     }
 }
@@ -445,6 +449,7 @@ mod tests {
             "danmaku_connections_refused_total{reason=\"header_timeout\"} 0",
             "danmaku_connections_refused_total{reason=\"forbidden_origin\"} 0",
             "danmaku_connections_refused_total{reason=\"bad_proxy_header\"} 0",
+            "danmaku_connections_refused_total{reason=\"tls_handshake\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -9,6 +9,11 @@
 //! whose connections are then counted per real client, and a reason to
 //! close from anyone else.
 //!
+//! With `tls_cert_file` and `tls_key_file` set, the TLS handshake comes
+//! next (a balancer's PROXY header precedes it), bounded by the same
+//! first-request deadline; HTTP and WebSocket are then served over the TLS
+//! stream exactly as over TCP.
+//!
 //! HTTP/1.1 is served by hyper directly, with the axum `Router` as the
 //! service, instead of by `axum::serve`: that has none of these bounds, and
 //! its graceful shutdown waits for every connection with no timer, so one
@@ -39,6 +44,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
 use crate::client_addr::{parse_preface, ClientAddr, Preface, PROXY_MAX};
@@ -66,6 +73,8 @@ const REFUSAL: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/pl
 /// admission table.
 pub(crate) struct Server {
     config: ServerConfig,
+    /// Set when the gateway serves TLS itself.
+    tls: Option<TlsAcceptor>,
     /// hyper's HTTP/1 settings, built once.
     http: http1::Builder,
     router: Router,
@@ -77,8 +86,14 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// A server for `router` with `config`, counting into `metrics`.
-    pub(crate) fn new(config: ServerConfig, router: Router, metrics: ServerMetrics) -> Server {
+    /// A server for `router` with `config`, over TLS when `tls` is set,
+    /// counting into `metrics`.
+    pub(crate) fn new(
+        config: ServerConfig,
+        tls: Option<TlsAcceptor>,
+        router: Router,
+        metrics: ServerMetrics,
+    ) -> Server {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             // hyper restarts this timer whenever it waits for a request
@@ -95,6 +110,7 @@ impl Server {
         ));
         Server {
             config,
+            tls,
             http,
             router,
             admission,
@@ -198,7 +214,8 @@ pub(crate) async fn accept_until(
 impl Server {
     /// Closes `tcp`, whose client address `ip` has too many open: counted,
     /// logged at most once a second, told 429 if its socket takes it at
-    /// once (a refusal never waits).
+    /// once (a refusal never waits) and it speaks plain HTTP: a TLS client
+    /// could not read it, and a handshake just to refuse costs too much.
     fn refuse_per_ip(&self, tcp: &TcpStream, ip: IpAddr) {
         self.metrics.refused_per_ip.inc();
         let allowed = self.refusals.lock().allow();
@@ -210,7 +227,9 @@ impl Server {
                 "Refusing a connection: its address has too many open"
             );
         }
-        let _ = tcp.try_write(REFUSAL);
+        if self.tls.is_none() {
+            let _ = tcp.try_write(REFUSAL);
+        }
     }
 }
 
@@ -370,9 +389,33 @@ async fn serve_connection(
             router.call(req)
         })
     };
+    let plain = Prefixed { tcp, prefix };
+    let stream = match &server.tls {
+        None => Conn::Plain(plain),
+        Some(acceptor) => {
+            // Within the first-request deadline: a client that never
+            // finishes its handshake holds the descriptor no longer than
+            // one that never finishes its request.
+            tokio::select! {
+                done = acceptor.accept(plain) => match done {
+                    Ok(tls) => Conn::Tls(Box::new(tls)),
+                    Err(e) => {
+                        server.metrics.tls_handshake.inc();
+                        tracing::debug!(parent: &span, error = %e, "Closing: TLS handshake failed");
+                        return;
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    server.metrics.header_timeouts.inc();
+                    tracing::debug!(parent: &span, "Closing: no TLS handshake within the header timeout");
+                    return;
+                }
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+            }
+        }
+    };
     let io = TokioIo::new(Counted {
-        tcp,
-        prefix,
+        stream,
         _places: (open, place, later),
     });
     let mut conn = pin!(server.http.serve_connection(io, service).with_upgrades());
@@ -602,17 +645,14 @@ impl Claimed {
     }
 }
 
-/// A TCP stream that keeps its places in the counts for as long as it is
-/// open: through HTTP, and after an upgrade inside the WebSocket, so a
-/// WebSocket counts against the per-address cap as long as it lives. Bytes
-/// read before hyper took over (past a PROXY header) are served first.
-struct Counted {
+/// A TCP stream whose bytes read before hyper or TLS took over (past a
+/// PROXY header) are served first.
+struct Prefixed {
     tcp: TcpStream,
     prefix: Bytes,
-    _places: (OpenGuard, Option<AddrPlace>, LaterPlace),
 }
 
-impl AsyncRead for Counted {
+impl AsyncRead for Prefixed {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -628,7 +668,7 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl AsyncWrite for Prefixed {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -655,6 +695,112 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// What HTTP is served over: the TCP stream, or TLS over it. An enum, not
+/// a generic, so hyper's upgraded stream (and the WebSocket on it) has one
+/// type either way; the TLS state is boxed, being much larger.
+enum Conn {
+    Plain(Prefixed),
+    Tls(Box<TlsStream<Prefixed>>),
+}
+
+/// Delegates a poll method to whichever stream `Conn` holds.
+macro_rules! each {
+    ($conn:expr, $s:ident => $body:expr) => {
+        match $conn {
+            Conn::Plain($s) => $body,
+            Conn::Tls($s) => $body,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        each!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A connection that keeps its places in the counts for as long as it is
+/// open: through HTTP, and after an upgrade inside the WebSocket, so a
+/// WebSocket counts against the per-address cap as long as it lives.
+struct Counted {
+    stream: Conn,
+    _places: (OpenGuard, Option<AddrPlace>, LaterPlace),
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
