@@ -20,3 +20,4 @@ mod raw;
 mod shutdown;
 mod slow;
 mod support;
+mod tls;
