@@ -132,7 +132,12 @@ pub(crate) async fn http_request(addr: SocketAddr, request: &str) -> (u16, Strin
         .await
         .unwrap()
         .unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    parse_response(&buf)
+}
+
+/// The status and body of a raw HTTP/1.1 response (0 when there is none).
+pub(crate) fn parse_response(bytes: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(bytes).into_owned();
     let status = text
         .split(' ')
         .nth(1)

@@ -100,17 +100,7 @@ impl Certs {
         let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf))
             .await
             .expect("response in time");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        crate::support::parse_response(&buf)
     }
 
     /// `danmaku_connections_refused_total` for `reason`, read over TLS.
