@@ -4,15 +4,9 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { startGateway as start } from '../../clients/js/test/gateway.mjs';
-
-/**
- * A real gateway. The gateway refuses DANMAKU_* variables it does not know,
- * so the test runner's own ones are kept from it (undefined drops them).
- */
-export function startGateway(env = {}) {
-  return start({ DANMAKU_GATEWAY_BIN: undefined, DANMAKU_ARTIFACTS: undefined, ...env });
-}
+// A real gateway process (the helper keeps the runner's own DANMAKU_*
+// variables from it).
+export { startGateway } from '../../clients/js/test/gateway.mjs';
 
 export async function launch() {
   return chromium.launch({

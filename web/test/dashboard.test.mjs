@@ -7,25 +7,16 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startGateway } from '../../clients/js/test/gateway.mjs';
+import { launch, startGateway } from './browser.mjs';
 
 const ADMIN = 'dashboard-admin-token';
-// The harness's own variables share the gateway's `DANMAKU_` prefix and
-// would reach it as unknown settings, which stop it; Node leaves out
-// variables set to undefined.
-const HARNESS_ONLY = { DANMAKU_GATEWAY_BIN: undefined, DANMAKU_ARTIFACTS: undefined };
 let gw;
 let browser;
 const sockets = [];
 
 before(async () => {
-  gw = await startGateway({ ...HARNESS_ONLY, DANMAKU_ADMIN_TOKEN: ADMIN, DANMAKU_HEARTBEAT_INTERVAL_MS: '500' });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  gw = await startGateway({ DANMAKU_ADMIN_TOKEN: ADMIN, DANMAKU_HEARTBEAT_INTERVAL_MS: '500' });
+  browser = await launch();
 });
 
 after(async () => {
@@ -132,7 +123,7 @@ test('the dashboard shows each room with its online count, and the charts', asyn
 });
 
 test('the live view asks for the read token when one is configured', async () => {
-  const guarded = await startGateway({ ...HARNESS_ONLY, DANMAKU_API_READ_TOKEN: 'reader' });
+  const guarded = await startGateway({ DANMAKU_API_READ_TOKEN: 'reader' });
   const page = await browser.newPage();
   try {
     await page.goto(`${guarded.http}/dashboard`);
