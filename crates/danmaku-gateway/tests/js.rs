@@ -69,8 +69,14 @@ fn ensure_browser() {
 }
 
 /// Runs `node --test` on the test files of `dir` and fails with its output
-/// unless every test passed.
+/// unless every test passed. One suite at a time: the browser's 500
+/// comments/s would otherwise compete for the CPU with the client's
+/// reconnect tests, whose waits are bounded.
 fn node_test(dir: &str) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let root = root();
     let files = test_files(&root.join(dir));
     assert!(!files.is_empty(), "no *.test.mjs in {dir}");
