@@ -6,6 +6,7 @@ mod burst;
 mod closing;
 mod cluster;
 mod decoding;
+mod deploy;
 mod handshake;
 mod hardening;
 mod limits;
