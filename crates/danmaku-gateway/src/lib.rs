@@ -24,6 +24,7 @@ mod modstate;
 mod origin;
 mod outbox;
 mod presence;
+pub mod probe;
 mod rooms;
 mod server;
 mod tls;

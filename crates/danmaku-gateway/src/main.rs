@@ -1,6 +1,7 @@
 //! The gateway binary: parse config, set up tracing, bind, and run until
 //! SIGINT or SIGTERM; or, with the `token` subcommand, print a signed token
-//! for the configured secrets and exit.
+//! for the configured secrets and exit; or, with `healthcheck`, probe a
+//! running gateway's `/healthz` and exit 0 or 1.
 
 use std::path::PathBuf;
 
@@ -56,6 +57,13 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         rooms: Option<Vec<String>>,
     },
+    /// Exit 0 if the gateway this config describes answers `/healthz` with
+    /// 200 (container health checks; needs no curl in the image).
+    Healthcheck {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -66,17 +74,23 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(args.config.as_deref(), std::env::vars())
         .context("invalid configuration")?;
-    if let Some(Command::Token {
-        sub,
-        name,
-        role,
-        ttl,
-        rooms,
-    }) = args.command
-    {
-        let token = danmaku_gateway::auth::issue(&settings, &sub, &name, role, ttl, rooms)?;
-        println!("{token}");
-        return Ok(());
+    match args.command {
+        Some(Command::Token {
+            sub,
+            name,
+            role,
+            ttl,
+            rooms,
+        }) => {
+            let token = danmaku_gateway::auth::issue(&settings, &sub, &name, role, ttl, rooms)?;
+            println!("{token}");
+            return Ok(());
+        }
+        Some(Command::Healthcheck { timeout }) => {
+            danmaku_gateway::probe::probe(&settings, std::time::Duration::from_secs(timeout))?;
+            return Ok(());
+        }
+        None => {}
     }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info"))
