@@ -7,6 +7,7 @@ mod closing;
 mod cluster;
 mod decoding;
 mod deploy;
+mod deploy_files;
 mod handshake;
 mod hardening;
 mod limits;
