@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use danmaku_bus::{now_ms, InstanceStatus};
@@ -277,14 +277,26 @@ pub(crate) async fn stats(State(gw): State<Arc<Gateway>>) -> Json<StatsResponse>
     })
 }
 
-/// Prometheus text exposition format, version 0.0.4.
-pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        gw.metrics.render(),
-    )
-        .into_response()
+/// The registry in the OpenMetrics text format (what prometheus-client
+/// writes: `info` metrics, `# EOF`). A scraper that asks for OpenMetrics,
+/// as Prometheus does, is told so in the content type; its parser for the
+/// older text format 0.0.4 would refuse the `info` type and mark the target
+/// down. Anyone else (a browser, curl) gets the same text as `text/plain`,
+/// so it shows in a browser instead of downloading.
+pub(crate) async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        OPENMETRICS_CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    ([(header::CONTENT_TYPE, content_type)], gw.metrics.render()).into_response()
 }
+
+/// The content type of the OpenMetrics text format, version 1.0.0.
+pub(crate) const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";

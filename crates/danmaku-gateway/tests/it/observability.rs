@@ -1,4 +1,4 @@
-//! What an operator reads: `/metrics` in Prometheus text format and
+//! What an operator reads: `/metrics` (OpenMetrics text) and
 //! `/api/stats`, both from the one registry, typed as clients decode them.
 
 use danmaku_gateway::StatsResponse;
@@ -96,4 +96,53 @@ async fn metrics_and_stats_count_posts_rejects_and_connections_from_one_registry
     assert_eq!((stats.posts_accepted, stats.posts_rejected), (1, 1));
     assert_eq!(stats.comments_fanned_out, 1);
     assert!(stats.max_queued_frames >= 1);
+}
+
+/// The `Content-Type` of a `/metrics` answer to a request with `accept`.
+async fn metrics_content_type(gw: &TestGateway, accept: Option<&str>) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: t\r\n{accept}Connection: close\r\n\r\n");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap();
+    (content_type, body.to_owned())
+}
+
+/// Prometheus asks for OpenMetrics and must be told it got OpenMetrics:
+/// its parser of the older text format refuses the `info` type of
+/// `danmaku_build_info` and marks the target down (seen in the compose
+/// stack before this was fixed).
+#[tokio::test]
+async fn metrics_say_openmetrics_to_a_scraper_that_asks_for_it() {
+    let gw = TestGateway::start(crate::support::settings()).await;
+    // What Prometheus 2.42 sends.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, body) = metrics_content_type(&gw, Some(prometheus)).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(body.contains("# TYPE danmaku_build info"), "{body}");
+    assert!(
+        body.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    let (content_type, _) = metrics_content_type(&gw, None).await;
+    assert_eq!(
+        content_type, "text/plain; charset=utf-8",
+        "browsers show it"
+    );
+    gw.stop().await.unwrap();
 }
