@@ -105,8 +105,10 @@ mod tests {
 
     #[test]
     fn a_wildcard_listen_address_is_probed_on_loopback() {
-        let mut s = Settings::default();
-        s.listen = "0.0.0.0:8080".parse().unwrap();
+        let mut s = Settings {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..Settings::default()
+        };
         assert_eq!(local_address(&s), "127.0.0.1:8080".parse().unwrap());
         s.listen = "[::]:9000".parse().unwrap();
         assert_eq!(local_address(&s), "[::1]:9000".parse().unwrap());
@@ -117,8 +119,10 @@ mod tests {
     #[test]
     fn a_closed_port_is_unhealthy() {
         let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut s = Settings::default();
-        s.listen = free.local_addr().unwrap();
+        let s = Settings {
+            listen: free.local_addr().unwrap(),
+            ..Settings::default()
+        };
         drop(free);
         let err = probe(&s, Duration::from_secs(2)).unwrap_err();
         assert!(matches!(err, ProbeError::Io { .. }), "{err}");
@@ -127,8 +131,10 @@ mod tests {
     #[test]
     fn a_non_200_answer_is_unhealthy() {
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut s = Settings::default();
-        s.listen = server.local_addr().unwrap();
+        let s = Settings {
+            listen: server.local_addr().unwrap(),
+            ..Settings::default()
+        };
         let t = std::thread::spawn(move || {
             let (mut c, _) = server.accept().unwrap();
             let mut buf = [0u8; 512];
