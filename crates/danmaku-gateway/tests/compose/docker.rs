@@ -127,6 +127,32 @@ pub(crate) fn compose_program() -> Option<Vec<String>> {
     }
 }
 
+/// A `docker build` that uses BuildKit, as (program, leading args, whether
+/// `DOCKER_BUILDKIT=1` is needed): `docker buildx build` where the buildx
+/// plugin is installed, else a client from before Docker 23 (Debian's
+/// `docker.io`), which has BuildKit built in. Newer clients without buildx
+/// cannot use BuildKit at all.
+pub(crate) fn buildkit_build() -> (String, Vec<String>) {
+    if runs("docker", &["buildx", "version"]) {
+        return (
+            "docker".into(),
+            vec!["buildx".into(), "build".into(), "--load".into()],
+        );
+    }
+    for client in ["docker", "/usr/bin/docker"] {
+        let version = run(client, &["version", "--format", "{{.Client.Version}}"]);
+        let major: u32 = String::from_utf8_lossy(&version.stdout)
+            .split('.')
+            .next()
+            .and_then(|m| m.trim().parse().ok())
+            .unwrap_or(u32::MAX);
+        if major < 23 {
+            return (client.into(), vec!["build".into()]);
+        }
+    }
+    panic!("no Docker client here builds with BuildKit: install the buildx plugin or Debian's docker.io");
+}
+
 /// The names of the stand-in images, passed to compose as the variables
 /// users set to bring their own.
 pub(crate) struct Images {

@@ -463,8 +463,32 @@ async fn a_compose_fleet_scales_drains_and_sees_real_clients() {
 
     // The gateway image from deploy/Dockerfile, with the classic builder.
     let build = Instant::now();
-    stack.compose_visible(&["build", "gateway"]);
+    stack.compose_visible(&["build", "--quiet", "gateway"]);
     eprintln!("gateway image built in {:?}", build.elapsed());
+    // And with BuildKit: the same Dockerfile must build there too.
+    let build = Instant::now();
+    let (program, args) = docker::buildkit_build();
+    let status = std::process::Command::new(&program)
+        .args(&args)
+        .args([
+            "--file",
+            "deploy/Dockerfile",
+            "--tag",
+            "danmaku-test/gateway:buildkit",
+        ])
+        .arg(format!("--build-arg=RUST_IMAGE={}", images.rust))
+        .arg(format!("--build-arg=RUNTIME_IMAGE={}", images.runtime))
+        .arg(".")
+        .current_dir(docker::repo_root())
+        .env("DOCKER_BUILDKIT", "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("running a BuildKit build");
+    assert!(
+        status.success(),
+        "deploy/Dockerfile does not build with BuildKit"
+    );
+    eprintln!("built again with BuildKit in {:?}", build.elapsed());
     stack.compose_visible(&[
         "up",
         "-d",
