@@ -214,7 +214,7 @@ pub(crate) fn ensure_images() -> Images {
 fn build_image(tag: &str, ctx: &Path, base: &str) {
     eprintln!("building stand-in image {tag}");
     let status = Command::new("docker")
-        .args(["build", "-q", "--build-arg"])
+        .args(["build", "-q", "--force-rm", "--build-arg"])
         .arg(format!("BASE={base}"))
         .args(["-t", tag])
         .arg(ctx)

@@ -463,7 +463,8 @@ async fn a_compose_fleet_scales_drains_and_sees_real_clients() {
 
     // The gateway image from deploy/Dockerfile, with the classic builder.
     let build = Instant::now();
-    stack.compose_visible(&["build", "--quiet", "gateway"]);
+    // --force-rm: a failed step leaves no container behind.
+    stack.compose_visible(&["build", "--quiet", "--force-rm", "gateway"]);
     eprintln!("gateway image built in {:?}", build.elapsed());
     // And with BuildKit: the same Dockerfile must build there too.
     let build = Instant::now();
