@@ -18,6 +18,8 @@ export interface BackoffOptions {
   goingAwayMs?: number;
   /** Failed attempts in a row before giving up. Default Infinity. */
   maxFailures?: number;
+  /** An attempt without `hello` this long is abandoned (1006). Default 10 000. */
+  connectTimeoutMs?: number;
 }
 
 export declare const DEFAULT_BACKOFF: Readonly<Required<BackoffOptions>>;

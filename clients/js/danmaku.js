@@ -24,6 +24,10 @@ export const SUBPROTOCOL = 'danmaku.v1.json';
  *   draining).
  * - `maxFailures`: give up (state `closed`) after this many failed attempts
  *   in a row; Infinity never gives up.
+ * - `connectTimeoutMs`: an attempt whose `hello` has not come this long
+ *   after it started is abandoned and counts as failed (1006). Without it,
+ *   a handshake that hangs (a balancer or a server going away mid-accept)
+ *   would hold the viewer in `reconnecting` with no retry.
  */
 export const DEFAULT_BACKOFF = Object.freeze({
   baseMs: 500,
@@ -31,6 +35,7 @@ export const DEFAULT_BACKOFF = Object.freeze({
   resetAfterMs: 10_000,
   goingAwayMs: 1_000,
   maxFailures: Infinity,
+  connectTimeoutMs: 10_000,
 });
 
 /** How many comment ids the client remembers to skip repeats. */
@@ -172,6 +177,7 @@ export class DanmakuClient {
   #url;
   #ws = null;
   #timer = null;
+  #connectTimer = null;
   #failures = 0;
   #openedAt = null;
   #sawErrors = false;
@@ -262,6 +268,19 @@ export class DanmakuClient {
     }
     this.#ws = ws;
     this.#openedAt = null;
+    this.#clearConnectTimer();
+    this.#connectTimer = setTimeout(() => {
+      this.#connectTimer = null;
+      if (this.#ws !== ws || this.#openedAt !== null) return;
+      // Abandon this socket; its own close event, if one ever comes, finds
+      // it replaced and is ignored.
+      try {
+        ws.close();
+      } catch {
+        // not closable in its state
+      }
+      this.#onClose({ code: 1006, reason: 'no hello within connectTimeoutMs', wasClean: false });
+    }, this.#backoff.connectTimeoutMs);
     if (this.state === 'connecting') {
       // The first attempt: announced here, once, so listeners added right
       // after connect() see it.
@@ -345,6 +364,7 @@ export class DanmakuClient {
     this.user = hello.user;
     this.online = hello.online;
     this.#openedAt = Date.now();
+    this.#clearConnectTimer();
     this.#setState('open', hello);
     this.#emit('hello', hello);
     for (const item of Array.isArray(hello.recent) ? hello.recent : []) {
@@ -354,8 +374,16 @@ export class DanmakuClient {
     }
   }
 
+  #clearConnectTimer() {
+    if (this.#connectTimer !== null) {
+      clearTimeout(this.#connectTimer);
+      this.#connectTimer = null;
+    }
+  }
+
   #onClose(ev) {
     this.#ws = null;
+    this.#clearConnectTimer();
     const opened = this.#openedAt !== null;
     const openForMs = opened ? Date.now() - this.#openedAt : null;
     this.#openedAt = null;
@@ -451,6 +479,7 @@ export class DanmakuClient {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
+    this.#clearConnectTimer();
     this.#failPending('disconnected', 'the client was closed');
     const ws = this.#ws;
     if (this.state !== 'closed') this.#setState('closed');

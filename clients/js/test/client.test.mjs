@@ -22,7 +22,7 @@ afterEach(async () => {
   }
 });
 
-const FAST = { baseMs: 100, capMs: 1000 };
+const FAST = { baseMs: 100, capMs: 1000, connectTimeoutMs: 3000 };
 
 async function gateway(env = {}) {
   const gw = await startGateway(env);

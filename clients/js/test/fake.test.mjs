@@ -122,3 +122,29 @@ test('a 1009 close stops reconnecting, and an oversized post is refused locally'
     client.close();
   }
 });
+
+test('an attempt that never gets its hello is abandoned after connectTimeoutMs and retried', async () => {
+  const { sockets, FakeSocket } = fakeSockets();
+  const client = connect('ws://fake', 'r', {
+    WebSocket: FakeSocket,
+    backoff: { baseMs: 10, connectTimeoutMs: 50 },
+  });
+  const log = record(client, ['close']);
+  try {
+    await until(() => sockets.length === 1);
+    // The first socket hangs: no open, no close, no hello.
+    await until(() => sockets.length === 2, 2000, 'a retry after the timeout');
+    assert.equal(sockets[0].readyState, 3, 'the hung socket was closed');
+    assert.equal(log.length, 1);
+    assert.equal(log[0].payload.code, 1006);
+    assert.equal(log[0].payload.reconnect, true);
+    // A socket that answers in time stays: no timeout fires after hello.
+    sockets[1].serverSends(HELLO);
+    assert.equal(client.state, 'open');
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(sockets.length, 2);
+    assert.equal(client.state, 'open');
+  } finally {
+    client.close();
+  }
+});

@@ -245,13 +245,20 @@ fn the_metric_name_extractor_skips_functions_labels_and_durations() {
     );
 }
 
+/// The one entry of list `key` in a provisioning file of `apiVersion: 1`.
+fn only_entry<'a>(doc: &'a Value, key: &str) -> &'a Value {
+    assert_eq!(doc["apiVersion"], 1, "{doc}");
+    let list = doc[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} list: {doc}"));
+    assert_eq!(list.len(), 1, "{doc}");
+    &list[0]
+}
+
 #[test]
 fn the_datasource_is_the_compose_prometheus_by_a_fixed_uid() {
     let doc = yaml("provisioning/datasources/prometheus.yml");
-    assert_eq!(doc["apiVersion"], 1, "{doc}");
-    let sources = doc["datasources"].as_array().expect("a datasources list");
-    assert_eq!(sources.len(), 1, "{doc}");
-    let ds = &sources[0];
+    let ds = only_entry(&doc, "datasources");
     assert_eq!(ds["type"], "prometheus");
     assert_eq!(ds["uid"], DATASOURCE_UID);
     assert_eq!(ds["url"], "http://prometheus:9090");
@@ -264,10 +271,7 @@ fn the_datasource_is_the_compose_prometheus_by_a_fixed_uid() {
 #[test]
 fn the_dashboard_provider_reads_the_mounted_dashboards_folder() {
     let doc = yaml("provisioning/dashboards/danmaku.yml");
-    assert_eq!(doc["apiVersion"], 1, "{doc}");
-    let providers = doc["providers"].as_array().expect("a providers list");
-    assert_eq!(providers.len(), 1, "{doc}");
-    let p = &providers[0];
+    let p = only_entry(&doc, "providers");
     assert_eq!(p["type"], "file");
     assert_eq!(p["options"]["path"], DASHBOARDS_MOUNT);
     assert!(p["name"].as_str().is_some_and(|n| !n.is_empty()), "{p}");
