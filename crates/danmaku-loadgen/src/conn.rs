@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use danmaku_proto::{ClientEvent, Format, Nonce, Post, ServerEvent};
+use parking_lot::Mutex;
 use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::scan::{classify, post_text, FrameKind, Scanner};
 use crate::stats::Stats;
+use crate::tiers::{Meter, SETTLE_US};
 use crate::ws::{Client, Incoming, WsError, OP_BINARY, OP_TEXT};
 
 /// Posts one poster sends back to back at most when it fell behind its
@@ -59,6 +61,10 @@ pub(crate) struct Shared {
     pub connect_timeout: Duration,
     /// The run's phase.
     pub phase: watch::Receiver<Phase>,
+    /// Whether to offer `permessage-deflate`.
+    pub deflate: bool,
+    /// Whole seconds of posting, over which tiers are measured.
+    pub posting_seconds: usize,
 }
 
 /// A poster's place in its room's schedule.
@@ -83,6 +89,18 @@ pub(crate) struct Plan {
     pub poster: Option<Schedule>,
     /// Varies the WebSocket masking keys between connections.
     pub seed: u32,
+    /// The `density` to ask for, if any (0: unlimited).
+    pub density: Option<u32>,
+    /// Whether to record the exact set of comments received.
+    pub record: bool,
+}
+
+/// What `hello` says that a run needs.
+#[derive(Debug, Default, serde::Deserialize)]
+struct HelloFields {
+    /// The density tier granted; absent from servers without tiers.
+    #[serde(default)]
+    density: Option<u32>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -129,8 +147,8 @@ pub(crate) enum ConnectError {
 pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
     let stats = &shared.stats;
     let connected = tokio::time::timeout(shared.connect_timeout, connect(&shared, &plan)).await;
-    let mut client = match connected {
-        Ok(Ok(client)) => client,
+    let (mut client, granted) = match connected {
+        Ok(Ok(up)) => up,
         Ok(Err(e)) => {
             stats.failed.fetch_add(1, Relaxed);
             stats.reason(format!("connect failed: {}", short_error(&e)));
@@ -142,14 +160,29 @@ pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
             return;
         }
     };
-    stats.joined(plan.room);
-    let end = Conn {
+    if shared.deflate && !client.deflate() {
+        stats.reason("permessage-deflate offered but not accepted");
+    }
+    // A viewer with a density limit gets a sample: it does not count
+    // against a post's expected deliveries.
+    let counted = granted.unwrap_or(0) == 0;
+    stats.joined(plan.room, counted);
+    let conn = Conn {
         shared: &shared,
         plan: &plan,
+        counted,
+        meter: Mutex::new(Meter::new(plan.record)),
+        posting: Mutex::new(None),
+    };
+    let end = conn.serve(&mut client).await;
+    stats.left(plan.room, counted);
+    if let Some(density) = granted.filter(|_| plan.density.is_some()) {
+        let meter = std::mem::take(&mut *conn.meter.lock());
+        stats
+            .tiers
+            .lock()
+            .add(density, &plan.target.host, meter, shared.posting_seconds);
     }
-    .serve(&mut client)
-    .await;
-    stats.left(plan.room);
     match end {
         // Stopped by the run: close politely, but don't wait long.
         Ok(()) => {
@@ -162,8 +195,9 @@ pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
     }
 }
 
-/// Opens the socket, upgrades it and waits for `hello`.
-async fn connect(shared: &Shared, plan: &Plan) -> Result<Client, ConnectError> {
+/// Opens the socket, upgrades it and waits for `hello`; returns the client
+/// and the density `hello` granted, if it said.
+async fn connect(shared: &Shared, plan: &Plan) -> Result<(Client, Option<u32>), ConnectError> {
     let addr = plan.target.addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -178,19 +212,24 @@ async fn connect(shared: &Shared, plan: &Plan) -> Result<Client, ConnectError> {
     }
     let tcp = socket.connect(addr).await.map_err(ConnectError::Tcp)?;
     tcp.set_nodelay(true).map_err(ConnectError::NoDelay)?;
-    let path = format!("/ws/{}", shared.rooms[plan.room]);
+    let path = match plan.density {
+        Some(d) => format!("/ws/{}?density={d}", shared.rooms[plan.room]),
+        None => format!("/ws/{}", shared.rooms[plan.room]),
+    };
     let mut client = Client::handshake(
         tcp,
         &plan.target.host,
         &path,
         shared.format.subprotocol(),
         plan.seed,
+        shared.deflate,
     )
     .await
     .map_err(ConnectError::Handshake)?;
     // The first message must be `hello`. It may have come in with the
     // handshake response, so look at what is buffered before reading.
     let mut n = usize::MAX;
+    let mut granted = None;
     loop {
         let mut first: Option<Result<(), ConnectError>> = None;
         let closed = client
@@ -204,7 +243,10 @@ async fn connect(shared: &Shared, plan: &Plan) -> Result<Client, ConnectError> {
                         let format = if text { Format::Json } else { Format::MsgPack };
                         shared.stats.frame(payload.len(), 0, |_| ());
                         match classify(format, payload) {
-                            FrameKind::Hello => Ok(()),
+                            FrameKind::Hello => {
+                                granted = hello_fields(format, payload).density;
+                                Ok(())
+                            }
                             other => Err(ConnectError::NotHello(other)),
                         }
                     }
@@ -216,15 +258,24 @@ async fn connect(shared: &Shared, plan: &Plan) -> Result<Client, ConnectError> {
             .await
             .map_err(ConnectError::ReadingHello)?;
         match first {
-            Some(result) => return result.map(|()| client),
+            Some(result) => return result.map(|()| (client, granted)),
             None if closed || n == 0 => return Err(ConnectError::EndedBeforeHello),
             None => {
                 n = client
                     .read()
                     .await
                     .map_err(|e| ConnectError::ReadingHello(e.into()))?;
+                shared.stats.wire(n);
             }
         }
+    }
+}
+
+/// The fields of `hello` a run needs; defaults when it cannot be read.
+fn hello_fields(format: Format, payload: &[u8]) -> HelloFields {
+    match format {
+        Format::Json => serde_json::from_slice(payload).unwrap_or_default(),
+        Format::MsgPack => rmp_serde::from_slice(payload).unwrap_or_default(),
     }
 }
 
@@ -272,6 +323,13 @@ async fn next_phase(
 struct Conn<'a> {
     shared: &'a Shared,
     plan: &'a Plan,
+    /// Whether its deliveries count against expected deliveries.
+    counted: bool,
+    /// Its deliveries per second and, if recorded, the set received; only
+    /// this connection's task takes the lock.
+    meter: Mutex<Meter>,
+    /// When posting began: on the runtime's clock and in Unix µs.
+    posting: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Conn<'_> {
@@ -300,6 +358,9 @@ impl Conn<'_> {
                         Phase::Connecting => {}
                         Phase::Stop => return Ok(()),
                         Phase::Posting { start, end } => {
+                            let until = start.saturating_duration_since(Instant::now());
+                            let start_us = unix_micros() + until.as_micros() as u64;
+                            *self.posting.lock() = Some((start, start_us));
                             if let Some(s) = self.plan.poster.filter(|s| !s.interval.is_zero()) {
                                 let first = start + s.offset;
                                 next_post = Some(first);
@@ -336,6 +397,7 @@ impl Conn<'_> {
                 }
                 read = client.read() => {
                     let n = read.map_err(|e| format!("read error: {e}"))?;
+                    self.shared.stats.wire(n);
                     let mut closed = None;
                     client
                         .process(|m| match m {
@@ -366,10 +428,18 @@ impl Conn<'_> {
         let kind = classify(format, bytes);
         if kind.carries_comments() {
             let now_us = unix_micros();
+            let posting = *self.posting.lock();
+            let second = posting.and_then(|(start, _)| {
+                let now = Instant::now();
+                (now >= start).then(|| (now - start).as_secs() as usize)
+            });
+            let settled_from = posting.map_or(u64::MAX, |(_, us)| us + SETTLE_US);
+            let mut meter = self.meter.lock();
             stats.frame(bytes.len(), now_us, |rec| {
-                self.shared
-                    .scanner
-                    .scan(format, bytes, |m| rec.delivery(m.sent_us, m.seq));
+                self.shared.scanner.scan(format, bytes, |m| {
+                    rec.delivery(m.sent_us, m.seq, self.counted);
+                    meter.delivery(second, m.seq, m.sent_us >= settled_from);
+                });
             });
             return;
         }
@@ -506,6 +576,8 @@ mod tests {
             rooms: vec!["lg-0".into()],
             connect_timeout: Duration::from_secs(30),
             phase,
+            deflate: false,
+            posting_seconds: 0,
         };
         let plan = Plan {
             target: Arc::new(Target {
@@ -516,14 +588,28 @@ mod tests {
             room: 0,
             poster: None,
             seed: 1,
+            density: None,
+            record: false,
         };
         // Generous bound: with the bug this waits forever, not a bit longer.
         let client = tokio::time::timeout(Duration::from_secs(20), connect(&shared, &plan))
             .await
             .expect("connect must not wait for a second frame");
-        assert!(client.is_ok());
+        let (_, granted) = client.expect("connected");
+        assert_eq!(granted, None, "a server without tiers grants nothing");
         assert_eq!(shared.stats.totals().frames, 1);
         server.abort();
+    }
+
+    #[test]
+    fn the_granted_density_is_read_from_hello_in_either_format() {
+        let json = br#"{"type":"hello","room":"r","density":30,"limits":{}}"#;
+        assert_eq!(hello_fields(Format::Json, json).density, Some(30));
+        let value: serde_json::Value = serde_json::from_slice(json).unwrap();
+        let packed = rmp_serde::to_vec_named(&value).unwrap();
+        assert_eq!(hello_fields(Format::MsgPack, &packed).density, Some(30));
+        assert_eq!(hello_fields(Format::Json, b"{}").density, None);
+        assert_eq!(hello_fields(Format::Json, b"junk").density, None);
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub(crate) struct Layout {
     posters_per_room: usize,
     rate: f64,
     source_ips: Option<u32>,
+    /// Densities the viewers who do not post cycle through; empty: none
+    /// asked for.
+    density: Vec<u32>,
+    /// Viewers per density (in room 0) that record what they receive.
+    record_per_density: usize,
 }
 
 impl Layout {
@@ -30,6 +35,8 @@ impl Layout {
             posters_per_room: settings.posters_per_room,
             rate: settings.rate,
             source_ips: settings.source_ips,
+            density: settings.density.clone(),
+            record_per_density: settings.record_per_density,
         }
     }
 
@@ -75,12 +82,26 @@ impl Layout {
                         offset: Duration::from_secs_f64(member as f64 * room_gap + room_shift),
                     }
                 });
+                // Viewers who do not post cycle through the densities;
+                // posters ask for everything, so their own comments never
+                // count against a budget.
+                let (density, record) = match (&poster, self.density.len()) {
+                    (_, 0) => (None, false),
+                    (Some(_), _) => (Some(0), false),
+                    (None, n) => {
+                        let k = member - posters;
+                        let record = room == 0 && k / n < self.record_per_density;
+                        (Some(self.density[k % n]), record)
+                    }
+                };
                 Plan {
                     target,
                     source,
                     room,
                     poster,
                     seed: (i as u32).wrapping_mul(0x9e37_79b9),
+                    density,
+                    record,
                 }
             })
             .collect()
@@ -145,7 +166,37 @@ mod tests {
             posters_per_room: posters,
             rate,
             source_ips: None,
+            density: Vec::new(),
+            record_per_density: 0,
         }
+    }
+
+    #[test]
+    fn viewers_cycle_through_densities_and_recorders_span_both_gateways() {
+        let mut l = layout(24, 1, 2, 10.0);
+        l.density = vec![15, 30, 0];
+        l.record_per_density = 2;
+        let plans = l.plans(&targets(2));
+        assert!(plans
+            .iter()
+            .filter(|p| p.poster.is_some())
+            .all(|p| p.density == Some(0) && !p.record));
+        let viewers: Vec<_> = plans.iter().filter(|p| p.poster.is_none()).collect();
+        let got: Vec<_> = viewers.iter().take(4).map(|p| p.density).collect();
+        assert_eq!(got, [Some(15), Some(30), Some(0), Some(15)]);
+        for d in [15, 30, 0] {
+            let rec: Vec<_> = viewers
+                .iter()
+                .filter(|p| p.record && p.density == Some(d))
+                .collect();
+            assert_eq!(rec.len(), 2, "{d}");
+            // An odd number of densities puts the two on different gateways.
+            assert_ne!(rec[0].target.addr, rec[1].target.addr, "{d}");
+        }
+        assert!(layout(4, 1, 1, 1.0)
+            .plans(&targets(1))
+            .iter()
+            .all(|p| p.density.is_none()));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod report;
 mod scan;
 mod stats;
 mod sys;
+mod tiers;
 mod ws;
 
 /// Entry points for the coverage-guided fuzzer in `fuzz/`: not an API, and
@@ -109,6 +110,14 @@ pub struct Settings {
     pub meta: Vec<String>,
     /// The command line that started the run, noted in the report.
     pub command: Vec<String>,
+    /// Densities (comments/s, 0 for unlimited) that the viewers who do not
+    /// post ask for in turn; empty: no `density` parameter at all.
+    pub density: Vec<u32>,
+    /// Viewers per density, in the first room, that record every comment
+    /// they receive, for the nesting and consistency checks.
+    pub record_per_density: usize,
+    /// Offer `permessage-deflate`.
+    pub deflate: bool,
 }
 
 /// Settings a run cannot start with. The messages name the command-line
@@ -330,6 +339,8 @@ async fn run_async(settings: Settings) -> Result<Outcome, Error> {
             .collect(),
         connect_timeout: Duration::from_secs_f64(settings.connect_timeout),
         phase: phase_rx,
+        deflate: settings.deflate,
+        posting_seconds: settings.duration.floor() as usize,
     });
 
     // Ramp up.
@@ -466,6 +477,12 @@ async fn run_async(settings: Settings) -> Result<Outcome, Error> {
         deliveries_per_s: per_s(at_start.deliveries, at_end.deliveries),
         frames_per_s: per_s(at_start.frames, at_end.frames),
         bytes_per_s: per_s(at_start.bytes, at_end.bytes),
+        wire_bytes_per_s: per_s(at_start.wire_bytes, at_end.wire_bytes),
+        wire_bytes_per_delivery: (at_end.wire_bytes - at_start.wire_bytes) as f64
+            / (at_end.deliveries - at_start.deliveries).max(1) as f64,
+        deflate: settings.deflate,
+        density: (!settings.density.is_empty())
+            .then(|| stats.tiers.lock().report(settings.duration)),
         gateway_memory,
         cpu,
         reasons: stats.reasons(),

@@ -87,6 +87,17 @@ struct Args {
     /// KEY=VALUE noted in the JSON report (settings, versions); repeatable.
     #[arg(long = "meta")]
     meta: Vec<String>,
+    /// Densities (comments/s, 0 = unlimited) the viewers who do not post
+    /// ask for in turn, e.g. 15,30,60,120,0; posters ask for 0.
+    #[arg(long, value_delimiter = ',')]
+    density: Vec<u32>,
+    /// Viewers per density (in the first room) that record every comment,
+    /// for the nesting and consistency checks.
+    #[arg(long, default_value_t = 2)]
+    record_per_density: usize,
+    /// Offer permessage-deflate, as browsers do.
+    #[arg(long)]
+    deflate: bool,
 }
 
 impl Args {
@@ -112,6 +123,9 @@ impl Args {
             max_failed_ratio: self.max_failed_ratio,
             meta: self.meta,
             command,
+            density: self.density,
+            record_per_density: self.record_per_density,
+            deflate: self.deflate,
         }
     }
 }

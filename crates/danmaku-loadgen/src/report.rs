@@ -174,8 +174,18 @@ pub(crate) struct Report {
     pub deliveries_per_s: f64,
     /// Frames received per second during posting.
     pub frames_per_s: f64,
-    /// Payload bytes received per second during posting.
+    /// Payload bytes received per second during posting (inflated).
     pub bytes_per_s: f64,
+    /// Bytes read from the sockets per second during posting: what the
+    /// wire carried, headers and compression included.
+    pub wire_bytes_per_s: f64,
+    /// Wire bytes per delivery during posting (everything received, over
+    /// the comments delivered).
+    pub wire_bytes_per_delivery: f64,
+    /// Whether `permessage-deflate` was offered.
+    pub deflate: bool,
+    /// Density tiers, when the viewers asked for densities.
+    pub density: Option<crate::tiers::TierReport>,
     /// Gateway memory, with `--gateway-pid`.
     pub gateway_memory: Option<GatewayMemory>,
     /// CPU use during posting.
@@ -250,8 +260,52 @@ impl Report {
         row("frames/s", format!("{:.0}", self.frames_per_s));
         row(
             "received",
-            format!("{:.2} MB/s", self.bytes_per_s / 1_000_000.0),
+            format!(
+                "{:.2} MB/s payload, {:.2} MB/s on the wire{}, {:.1} wire bytes/delivery",
+                self.bytes_per_s / 1_000_000.0,
+                self.wire_bytes_per_s / 1_000_000.0,
+                if self.deflate {
+                    " (deflate offered)"
+                } else {
+                    ""
+                },
+                self.wire_bytes_per_delivery
+            ),
         );
+        if let Some(d) = &self.density {
+            for t in &d.tiers {
+                let name = if t.density == 0 {
+                    "tier unlimited".to_owned()
+                } else {
+                    format!("tier {}/s", t.density)
+                };
+                let worst = t.worst_5s_over_budget.map_or(String::new(), |w| {
+                    format!(
+                        ", worst 5 s {:.0} % of budget, {} viewers over 110 %",
+                        w * 100.0,
+                        t.viewers_over_110pct
+                    )
+                });
+                row(
+                    &name,
+                    format!(
+                        "{} viewers, {:.1} comments/s each{worst}",
+                        t.viewers, t.per_viewer_per_s
+                    ),
+                );
+            }
+            row(
+                "tier sets",
+                format!(
+                    "{} same-tier pairs ({} across gateways), {} differ; {} nestings checked, {} violations",
+                    d.consistency_pairs,
+                    d.consistency_pairs_across_gateways,
+                    d.consistency_pairs_differing,
+                    d.nesting_checked,
+                    d.nesting_violations
+                ),
+            );
+        }
         if let Some(m) = &self.gateway_memory {
             row(
                 "gateway RSS",

@@ -52,6 +52,8 @@ fn bump(counter: &AtomicU64, n: u64) {
 pub(crate) struct ThreadStats {
     frames: AtomicU64,
     bytes: AtomicU64,
+    /// Bytes read from sockets: frame headers, compressed payloads, all.
+    wire_bytes: AtomicU64,
     deliveries: AtomicU64,
     /// Marked comments that are not from this run (old sequence or time).
     foreign: AtomicU64,
@@ -71,8 +73,11 @@ pub(crate) struct FrameRecorder<'a> {
 }
 
 impl FrameRecorder<'_> {
-    /// Records one delivery of post `seq`, sent at `sent_us`.
-    pub(crate) fn delivery(&mut self, sent_us: u64, seq: u64) {
+    /// Records one delivery of post `seq`, sent at `sent_us`. Only
+    /// `counted` deliveries (to viewers meant to get every comment) count
+    /// against the post's expected deliveries; every one counts in the
+    /// latency and the rates.
+    pub(crate) fn delivery(&mut self, sent_us: u64, seq: u64, counted: bool) {
         let slot = usize::try_from(seq)
             .ok()
             .and_then(|i| self.local.per_post.get(i));
@@ -80,7 +85,9 @@ impl FrameRecorder<'_> {
             bump(&self.local.foreign, 1);
             return;
         };
-        slot.store(slot.load(Relaxed) + 1, Relaxed);
+        if counted {
+            slot.store(slot.load(Relaxed) + 1, Relaxed);
+        }
         let latency = self.now_us.saturating_sub(sent_us).max(1);
         self.hist.saturating_record(latency.min(MAX_LATENCY_US));
         self.deliveries += 1;
@@ -98,8 +105,10 @@ impl Drop for FrameRecorder<'_> {
 pub(crate) struct Totals {
     /// Frames received.
     pub frames: u64,
-    /// Payload bytes received.
+    /// Payload bytes received (inflated, when compressed).
     pub bytes: u64,
+    /// Bytes read from sockets.
+    pub wire_bytes: u64,
     /// Marked comments received from this run.
     pub deliveries: u64,
     /// Marked comments that were not from this run.
@@ -119,8 +128,11 @@ pub(crate) struct Stats {
     post_state: Box<[AtomicU8]>,
     post_room: Box<[AtomicU32]>,
     next_seq: AtomicU64,
-    /// Viewers that got `hello` and are still connected, per room.
+    /// Viewers that got `hello`, are still connected and are meant to get
+    /// every comment (no density limit), per room.
     room_viewers: Box<[AtomicU32]>,
+    /// Density tiers as the viewers saw them.
+    pub tiers: Mutex<crate::tiers::Tiers>,
     /// Connections that got `hello`.
     pub established: AtomicU64,
     /// Connections that never got `hello`.
@@ -160,6 +172,7 @@ impl Stats {
             post_room: (0..max_posts).map(|_| AtomicU32::new(0)).collect(),
             next_seq: AtomicU64::new(0),
             room_viewers: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
+            tiers: Mutex::default(),
             established: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             closed_early: AtomicU64::new(0),
@@ -180,6 +193,7 @@ impl Stats {
                 let local = Arc::new(ThreadStats {
                     frames: AtomicU64::new(0),
                     bytes: AtomicU64::new(0),
+                    wire_bytes: AtomicU64::new(0),
                     deliveries: AtomicU64::new(0),
                     foreign: AtomicU64::new(0),
                     hist: Mutex::new(new_histogram()),
@@ -217,6 +231,11 @@ impl Stats {
         })
     }
 
+    /// Counts `n` bytes read from a socket.
+    pub(crate) fn wire(&self, n: usize) {
+        self.with_local(|local| bump(&local.wire_bytes, n as u64));
+    }
+
     /// Counts one reason for a failure or refusal.
     pub(crate) fn reason(&self, reason: impl Into<String>) {
         *self.reasons.lock().entry(reason.into()).or_default() += 1;
@@ -227,15 +246,20 @@ impl Stats {
         self.reasons.lock().clone()
     }
 
-    /// A connection got `hello` in room `room`.
-    pub(crate) fn joined(&self, room: usize) {
+    /// A connection got `hello` in room `room`; `counted` when it is meant
+    /// to get every comment.
+    pub(crate) fn joined(&self, room: usize, counted: bool) {
         self.established.fetch_add(1, Relaxed);
-        self.room_viewers[room].fetch_add(1, Relaxed);
+        if counted {
+            self.room_viewers[room].fetch_add(1, Relaxed);
+        }
     }
 
     /// An established connection in room `room` is gone.
-    pub(crate) fn left(&self, room: usize) {
-        self.room_viewers[room].fetch_sub(1, Relaxed);
+    pub(crate) fn left(&self, room: usize, counted: bool) {
+        if counted {
+            self.room_viewers[room].fetch_sub(1, Relaxed);
+        }
     }
 
     /// Viewers connected per room right now.
@@ -290,6 +314,7 @@ impl Stats {
         for local in threads.iter() {
             t.frames += local.frames.load(Relaxed);
             t.bytes += local.bytes.load(Relaxed);
+            t.wire_bytes += local.wire_bytes.load(Relaxed);
             t.deliveries += local.deliveries.load(Relaxed);
             t.foreign += local.foreign.load(Relaxed);
         }
@@ -354,11 +379,11 @@ mod tests {
         assert_eq!(stats.next_post(1), Some(0));
         assert_eq!(stats.next_post(0), Some(1));
         stats.frame(100, 5_000, |r| {
-            r.delivery(2_000, 0);
-            r.delivery(2_000, 0);
-            r.delivery(3_000, 1);
-            r.delivery(500, 1); // sent before the run began
-            r.delivery(2_000, 9); // beyond the table
+            r.delivery(2_000, 0, true);
+            r.delivery(2_000, 0, true);
+            r.delivery(3_000, 1, true);
+            r.delivery(500, 1, true); // sent before the run began
+            r.delivery(2_000, 9, true); // beyond the table
         });
         stats.answered(Some(0), true);
         stats.answered(Some(1), false);
@@ -404,7 +429,7 @@ mod tests {
                 let stats = stats.clone();
                 std::thread::spawn(move || {
                     for _ in 0..100 {
-                        stats.frame(10, 10, |r| r.delivery(5, 0));
+                        stats.frame(10, 10, |r| r.delivery(5, 0, true));
                     }
                 })
             })

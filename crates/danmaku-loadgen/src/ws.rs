@@ -9,10 +9,19 @@
 //! generator needs: the client handshake (RFC 6455 §4.1, checking the accept
 //! key and the subprotocol), unmasked server frames with fragmentation,
 //! answering pings, and sending masked data and close frames.
+//!
+//! It may also offer `permessage-deflate` (RFC 7692) as browsers do. The
+//! gateway answers with `server_no_context_takeover`, so every compressed
+//! message inflates on its own: one inflater per worker thread serves every
+//! connection of that thread, and an idle connection holds no inflate
+//! state. What this client sends stays uncompressed (RSV1 is per message).
 
 use std::io;
 
+use std::cell::RefCell;
+
 use bytes::{Buf, BytesMut};
+use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -45,9 +54,16 @@ pub(crate) enum WsError {
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
-    /// A frame header with RSV bits set (no extension was negotiated).
+    /// A frame header with RSV bits set that no negotiated extension allows.
     #[error("reserved bits set in a frame from the server")]
     ReservedBits,
+    /// A compressed message that does not inflate.
+    #[error("compressed message does not inflate: {0}")]
+    Inflate(String),
+    /// The server accepted `permessage-deflate` with parameters this client
+    /// cannot honour (it must not keep its compression context).
+    #[error("handshake: unusable permessage-deflate answer {0:?}")]
+    Extension(String),
     /// A server frame with the mask bit set, which RFC 6455 forbids.
     #[error("masked frame from the server")]
     Masked,
@@ -109,6 +125,8 @@ pub(crate) enum Incoming<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
     fin: bool,
+    /// RSV1: the message is compressed (only with `permessage-deflate`).
+    compressed: bool,
     opcode: u8,
     header_len: usize,
     payload_len: usize,
@@ -116,11 +134,14 @@ struct Header {
 
 /// Parses the header of the frame at the start of `buf`; `None` until the
 /// whole frame is in the buffer.
-fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
+/// With `deflate`, RSV1 may mark the first frame of a data message.
+fn parse_header(buf: &[u8], deflate: bool) -> Result<Option<Header>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    let data_start = matches!(b0 & 0x0f, OP_TEXT | OP_BINARY);
+    if b0 & 0x30 != 0 || (compressed && !(deflate && data_start)) {
         return Err(WsError::ReservedBits);
     }
     if b1 & 0x80 != 0 {
@@ -145,6 +166,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, WsError> {
     }
     let header = Header {
         fin: b0 & 0x80 != 0,
+        compressed,
         opcode: b0 & 0x0f,
         header_len,
         payload_len,
@@ -187,8 +209,11 @@ fn push_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
 /// tested on bytes.
 struct Codec {
     buf: BytesMut,
-    /// Opcode and data of a fragmented message being put together.
-    fragments: Option<(u8, Vec<u8>)>,
+    /// Opcode, compression and data of a fragmented message being put
+    /// together.
+    fragments: Option<(u8, bool, Vec<u8>)>,
+    /// Whether `permessage-deflate` was negotiated.
+    deflate: bool,
     /// Frames waiting to be written.
     out: Vec<u8>,
     /// State of the masking-key generator (xorshift; masks need not be secret here).
@@ -202,6 +227,7 @@ impl Codec {
         Codec {
             buf: initial,
             fragments: None,
+            deflate: false,
             out: Vec::new(),
             mask_state: seed | 1,
             close_sent: false,
@@ -225,25 +251,27 @@ impl Codec {
     /// Hands every complete message in the buffer to `on_message`, answers
     /// pings, and stops after a close. Returns whether the server closed.
     fn drain(&mut self, mut on_message: impl FnMut(Incoming<'_>)) -> Result<bool, WsError> {
-        while let Some(h) = parse_header(&self.buf)? {
+        while let Some(h) = parse_header(&self.buf, self.deflate)? {
             let start = h.header_len;
             let end = start + h.payload_len;
             let mut closed = false;
             match h.opcode {
                 OP_TEXT | OP_BINARY if h.fin && self.fragments.is_none() => {
-                    on_message(Incoming::Data {
-                        text: h.opcode == OP_TEXT,
-                        payload: &self.buf[start..end],
-                    });
+                    deliver(
+                        h.opcode == OP_TEXT,
+                        h.compressed,
+                        &self.buf[start..end],
+                        &mut on_message,
+                    )?;
                 }
                 OP_TEXT | OP_BINARY => {
                     if self.fragments.is_some() {
                         return Err(WsError::NestedMessage);
                     }
-                    self.fragments = Some((h.opcode, self.buf[start..end].to_vec()));
+                    self.fragments = Some((h.opcode, h.compressed, self.buf[start..end].to_vec()));
                 }
                 OP_CONTINUATION => {
-                    let Some((opcode, data)) = self.fragments.as_mut() else {
+                    let Some((opcode, _, data)) = self.fragments.as_mut() else {
                         return Err(WsError::StrayContinuation);
                     };
                     data.extend_from_slice(&self.buf[start..end]);
@@ -252,11 +280,8 @@ impl Codec {
                     }
                     if h.fin {
                         let text = *opcode == OP_TEXT;
-                        let (_, data) = self.fragments.take().expect("checked above");
-                        on_message(Incoming::Data {
-                            text,
-                            payload: &data,
-                        });
+                        let (_, compressed, data) = self.fragments.take().expect("checked above");
+                        deliver(text, compressed, &data, &mut on_message)?;
                     }
                 }
                 OP_PING => {
@@ -288,6 +313,75 @@ impl Codec {
     }
 }
 
+thread_local! {
+    /// This thread's inflater and its output buffer, shared by every
+    /// connection the thread serves: without a kept context, each message
+    /// inflates from a fresh state.
+    static INFLATE: RefCell<(Decompress, Vec<u8>)> =
+        RefCell::new((Decompress::new(false), Vec::new()));
+}
+
+/// The tail RFC 7692 §7.2.1 has the sender strip from every message.
+const DEFLATE_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Raw-inflates one message (its stripped tail put back) into `out`,
+/// refusing more than [`MAX_MESSAGE`] bytes.
+fn inflate(z: &mut Decompress, input: &[u8], out: &mut Vec<u8>) -> Result<(), WsError> {
+    z.reset(false);
+    out.clear();
+    for part in [input, &DEFLATE_TAIL[..]] {
+        let mut rest = part;
+        loop {
+            if out.capacity() - out.len() < 4096 {
+                out.reserve(out.len().max(4096));
+            }
+            let (in_before, out_before) = (z.total_in(), z.total_out());
+            let status = z
+                .decompress_vec(rest, out, FlushDecompress::Sync)
+                .map_err(|e| WsError::Inflate(e.to_string()))?;
+            rest = &rest[(z.total_in() - in_before) as usize..];
+            if out.len() > MAX_MESSAGE {
+                return Err(WsError::MessageTooLarge);
+            }
+            if status == Status::StreamEnd {
+                return Ok(());
+            }
+            let room_left = out.len() < out.capacity();
+            if rest.is_empty() && room_left {
+                break;
+            }
+            if room_left && z.total_in() == in_before && z.total_out() == out_before {
+                return Err(WsError::Inflate("inflate made no progress".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Hands one complete data message to `on_message`, inflated first when
+/// it came compressed.
+fn deliver(
+    text: bool,
+    compressed: bool,
+    payload: &[u8],
+    on_message: &mut impl FnMut(Incoming<'_>),
+) -> Result<(), WsError> {
+    if !compressed {
+        on_message(Incoming::Data { text, payload });
+        return Ok(());
+    }
+    INFLATE.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (z, out) = &mut *guard;
+        inflate(z, payload, out)?;
+        on_message(Incoming::Data { text, payload: out });
+        if out.capacity() > 1 << 20 {
+            *out = Vec::new();
+        }
+        Ok(())
+    })
+}
+
 /// Runs the frame parser on `data` as a socket would hand it over, in reads
 /// of `chunk` bytes (at least one), draining after each, until the data
 /// ends, the parser fails or the server closes. Only for [`crate::fuzz`], so
@@ -311,18 +405,25 @@ pub(crate) struct Client {
 impl Client {
     /// Performs the opening handshake for `path` on `stream`, asking for
     /// `subprotocol`. `seed` varies the masking keys between connections.
+    /// With `deflate`, offers `permessage-deflate` the way browsers do.
     pub(crate) async fn handshake(
         mut stream: TcpStream,
         host: &str,
         path: &str,
         subprotocol: &str,
         seed: u32,
+        deflate: bool,
     ) -> Result<Client, WsError> {
         let key = generate_key();
+        let offer = if deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+             Sec-WebSocket-Protocol: {subprotocol}\r\n{offer}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -338,12 +439,21 @@ impl Client {
                 return Err(WsError::ClosedDuringHandshake);
             }
         };
-        check_response(&buf[..head_len], &key, subprotocol)?;
+        let negotiated = check_response(&buf[..head_len], &key, subprotocol)?;
+        if negotiated && !deflate {
+            return Err(WsError::Extension(
+                "an extension that was not offered".into(),
+            ));
+        }
         buf.advance(head_len);
-        Ok(Client {
-            stream,
-            codec: Codec::new(seed, buf),
-        })
+        let mut codec = Codec::new(seed, buf);
+        codec.deflate = negotiated;
+        Ok(Client { stream, codec })
+    }
+
+    /// Whether `permessage-deflate` is in use on this connection.
+    pub(crate) fn deflate(&self) -> bool {
+        self.codec.deflate
     }
 
     /// Reads what the socket has into the buffer, waiting until there is
@@ -406,8 +516,10 @@ impl Client {
 
 /// Checks a handshake response head: status 101, the accept key for `key`,
 /// and the subprotocol (the server may leave it out only for JSON, the
-/// protocol's default).
-fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsError> {
+/// protocol's default). Returns whether the server accepted
+/// `permessage-deflate`; it must then promise `server_no_context_takeover`,
+/// since this client keeps no inflate context between messages.
+fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<bool, WsError> {
     let head = std::str::from_utf8(head).map_err(WsError::ResponseNotUtf8)?;
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -417,6 +529,7 @@ fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsErr
     }
     let mut accept = None;
     let mut protocol = None;
+    let mut deflate = false;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
@@ -424,6 +537,15 @@ fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsErr
                 accept = Some(value);
             } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
                 protocol = Some(value);
+            } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+                let mut params = value.split(';').map(str::trim);
+                if params.next() != Some("permessage-deflate") {
+                    return Err(WsError::Extension(value.to_owned()));
+                }
+                if !params.any(|p| p == "server_no_context_takeover") {
+                    return Err(WsError::Extension(value.to_owned()));
+                }
+                deflate = true;
             }
         }
     }
@@ -431,8 +553,8 @@ fn check_response(head: &[u8], key: &str, subprotocol: &str) -> Result<(), WsErr
         return Err(WsError::WrongAccept);
     }
     match protocol {
-        Some(p) if p == subprotocol => Ok(()),
-        None if subprotocol == danmaku_proto::SUBPROTOCOL_JSON => Ok(()),
+        Some(p) if p == subprotocol => Ok(deflate),
+        None if subprotocol == danmaku_proto::SUBPROTOCOL_JSON => Ok(deflate),
         other => Err(WsError::WrongSubprotocol {
             got: other.map(str::to_owned),
             wanted: subprotocol.to_owned(),
@@ -557,7 +679,89 @@ mod tests {
         }
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert!(parse_header(&huge).is_err());
+        assert!(parse_header(&huge, false).is_err());
+    }
+
+    /// `payload` raw-deflated as a permessage-deflate sender does: sync
+    /// flushed, the empty block's tail stripped.
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut z = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(payload.len() + 64);
+        z.compress_vec(payload, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&DEFLATE_TAIL));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[test]
+    fn compressed_messages_inflate_when_deflate_was_negotiated() {
+        let text = br#"{"type":"batch","items":[{"text":"hello hello hello hello"}]}"#;
+        let packed = deflated(text);
+        let mut frame = server_frame(true, OP_TEXT, &packed);
+        frame[0] |= 0x40;
+        // Fragmented: RSV1 on the first frame only.
+        let (a, b) = packed.split_at(packed.len() / 2);
+        let mut first = server_frame(false, OP_BINARY, a);
+        first[0] |= 0x40;
+        let mut bytes = frame.clone();
+        bytes.extend(first);
+        bytes.extend(server_frame(true, OP_CONTINUATION, b));
+        bytes.extend(server_frame(true, OP_TEXT, b"plain"));
+        let mut codec = Codec::new(1, BytesMut::from(&bytes[..]));
+        codec.deflate = true;
+        let (got, _) = collect(&mut codec);
+        assert_eq!(
+            got,
+            [
+                (true, text.to_vec()),
+                (false, text.to_vec()),
+                (true, b"plain".to_vec())
+            ]
+        );
+        // Without the extension, RSV1 is a protocol error.
+        let mut codec = Codec::new(1, BytesMut::from(&frame[..]));
+        assert!(matches!(codec.drain(|_| ()), Err(WsError::ReservedBits)));
+        // On a control frame it is one even with the extension.
+        let mut ping = server_frame(true, OP_PING, b"");
+        ping[0] |= 0x40;
+        let mut codec = Codec::new(1, BytesMut::from(&ping[..]));
+        codec.deflate = true;
+        assert!(codec.drain(|_| ()).is_err());
+    }
+
+    #[test]
+    fn an_inflation_past_the_limit_is_refused() {
+        let bomb = deflated(&vec![0u8; MAX_MESSAGE + 1]);
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let mut frame = server_frame(true, OP_BINARY, &bomb);
+        frame[0] |= 0x40;
+        let mut codec = Codec::new(1, BytesMut::from(&frame[..]));
+        codec.deflate = true;
+        assert!(matches!(codec.drain(|_| ()), Err(WsError::MessageTooLarge)));
+        let mut junk = server_frame(true, OP_BINARY, &[0xff; 40]);
+        junk[0] |= 0x40;
+        let mut codec = Codec::new(1, BytesMut::from(&junk[..]));
+        codec.deflate = true;
+        assert!(codec.drain(|_| ()).is_err());
+    }
+
+    #[test]
+    fn a_deflate_answer_must_drop_the_server_context() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let head = |ext: &str| {
+            format!(
+                "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{ext}\r\n"
+            )
+        };
+        let json = "danmaku.v1.json";
+        assert!(!check_response(head("").as_bytes(), key, json).unwrap());
+        let good = "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n";
+        assert!(check_response(head(good).as_bytes(), key, json).unwrap());
+        let kept = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
+        assert!(check_response(head(kept).as_bytes(), key, json).is_err());
+        let other = "Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n";
+        assert!(check_response(head(other).as_bytes(), key, json).is_err());
     }
 
     #[test]
@@ -621,9 +825,10 @@ mod tests {
             seen
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let mut client = Client::handshake(tcp, &addr.to_string(), "/ws/x", "danmaku.v1.json", 9)
-            .await
-            .unwrap();
+        let mut client =
+            Client::handshake(tcp, &addr.to_string(), "/ws/x", "danmaku.v1.json", 9, false)
+                .await
+                .unwrap();
         let mut got = Vec::new();
         let mut answered = false;
         loop {
