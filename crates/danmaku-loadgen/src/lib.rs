@@ -480,6 +480,10 @@ async fn run_async(settings: Settings) -> Result<Outcome, Error> {
         wire_bytes_per_s: per_s(at_start.wire_bytes, at_end.wire_bytes),
         wire_bytes_per_delivery: (at_end.wire_bytes - at_start.wire_bytes) as f64
             / (at_end.deliveries - at_start.deliveries).max(1) as f64,
+        gateway_us_per_frame: report::us_per_frame(
+            cpu.gateway_pct,
+            per_s(at_start.frames, at_end.frames),
+        ),
         deflate: settings.deflate,
         density: (!settings.density.is_empty())
             .then(|| stats.tiers.lock().report(settings.duration)),

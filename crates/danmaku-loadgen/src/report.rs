@@ -123,6 +123,13 @@ pub(crate) struct Cpu {
     pub other_pct: Option<f64>,
 }
 
+/// Gateway CPU µs per frame from its CPU share (100 = one core) and the
+/// frames per second the viewers received.
+pub(crate) fn us_per_frame(gateway_pct: Option<f64>, frames_per_s: f64) -> Option<f64> {
+    let pct = gateway_pct?;
+    (frames_per_s > 0.0).then(|| pct / 100.0 * 1e6 / frames_per_s)
+}
+
 /// Everything a run reports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct Report {
@@ -182,6 +189,10 @@ pub(crate) struct Report {
     /// Wire bytes per delivery during posting (everything received, over
     /// the comments delivered).
     pub wire_bytes_per_delivery: f64,
+    /// Gateway CPU time per frame received by the viewers during posting,
+    /// in µs (only with `--gateway-pid`): what one frame costs the gateway,
+    /// kernel time included.
+    pub gateway_us_per_frame: Option<f64>,
     /// Whether `permessage-deflate` was offered.
     pub deflate: bool,
     /// Density tiers, when the viewers asked for densities.
@@ -339,6 +350,9 @@ impl Report {
                 pct(self.cpu.machine_pct)
             ),
         );
+        if let Some(us) = self.gateway_us_per_frame {
+            row("gateway cpu/frame", format!("{us:.2} µs"));
+        }
         if self.errors_received > 0 {
             row("error events", self.errors_received.to_string());
         }
@@ -389,6 +403,14 @@ mod tests {
         );
         assert!((d.loss_ratio() - 1.0 / 16.0).abs() < 1e-12);
         assert_eq!(Deliveries::default().loss_ratio(), 0.0);
+    }
+
+    #[test]
+    fn cpu_per_frame_is_cpu_time_over_frames() {
+        // Half a core over 100,000 frames/s: 5 µs a frame.
+        assert_eq!(us_per_frame(Some(50.0), 100_000.0), Some(5.0));
+        assert_eq!(us_per_frame(None, 100_000.0), None);
+        assert_eq!(us_per_frame(Some(50.0), 0.0), None);
     }
 
     #[test]
