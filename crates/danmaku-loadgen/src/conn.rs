@@ -13,6 +13,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::reconnect::{self, hint_ms, Received};
 use crate::scan::{classify, post_text, FrameKind, Scanner};
 use crate::stats::Stats;
 use crate::tiers::{Meter, SETTLE_US};
@@ -65,6 +66,13 @@ pub(crate) struct Shared {
     pub deflate: bool,
     /// Whole seconds of posting, over which tiers are measured.
     pub posting_seconds: usize,
+    /// Follow a 1001 to the next address instead of ending.
+    pub reconnect: bool,
+    /// Every address, `--gateway` ones first, then `--standby` ones: where
+    /// a viewer goes after a 1001.
+    pub targets: Vec<Arc<Target>>,
+    /// Size of the post table, for the per-viewer record of receipts.
+    pub max_posts: usize,
 }
 
 /// A poster's place in its room's schedule.
@@ -146,7 +154,11 @@ pub(crate) enum ConnectError {
 /// Runs one connection until the run stops or the gateway closes it.
 pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
     let stats = &shared.stats;
-    let connected = tokio::time::timeout(shared.connect_timeout, connect(&shared, &plan)).await;
+    let connected = tokio::time::timeout(
+        shared.connect_timeout,
+        connect(&shared, &plan, &plan.target),
+    )
+    .await;
     let (mut client, granted) = match connected {
         Ok(Ok(up)) => up,
         Ok(Err(e)) => {
@@ -173,15 +185,58 @@ pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
         counted,
         meter: Mutex::new(Meter::new(plan.record)),
         posting: Mutex::new(None),
+        storm: Mutex::new(shared.reconnect.then(|| reconnect::Viewer {
+            room: plan.room,
+            hellos: vec![unix_micros()],
+            received: Received::new(shared.max_posts),
+            ..reconnect::Viewer::default()
+        })),
     };
-    let end = conn.serve(&mut client).await;
+    let mut target = plan.target.clone();
+    let end = loop {
+        let end = conn.serve(&mut client).await;
+        let going_away = matches!(&end, Err(e) if e.close.as_ref().is_some_and(|c| c.0 == 1001));
+        if !(shared.reconnect && going_away) {
+            break end;
+        }
+        // Sent away by a draining gateway: go to the next address, after
+        // the delay the close asked for.
+        let closed_at = unix_micros();
+        let hint = end
+            .as_ref()
+            .err()
+            .and_then(|e| e.close.as_ref())
+            .and_then(|(_, reason)| hint_ms(reason));
+        tokio::time::sleep(Duration::from_millis(hint.unwrap_or(0))).await;
+        match reconnect(&shared, &plan, &mut target).await {
+            Some((next, handshake_us)) => {
+                client = next;
+                stats.reconnected.fetch_add(1, Relaxed);
+                if let Some(v) = conn.storm.lock().as_mut() {
+                    v.closes.push(closed_at);
+                    v.hellos.push(unix_micros());
+                    v.handshakes.push(handshake_us);
+                    v.first_after_back = None;
+                }
+            }
+            None => {
+                break Err(Ended {
+                    reason: "no address took it back after a 1001".into(),
+                    close: None,
+                })
+            }
+        }
+    };
     stats.left(plan.room, counted);
     if let Some(density) = granted.filter(|_| plan.density.is_some()) {
         let meter = std::mem::take(&mut *conn.meter.lock());
         stats
             .tiers
             .lock()
-            .add(density, &plan.target.host, meter, shared.posting_seconds);
+            .add(density, &target.host, meter, shared.posting_seconds);
+    }
+    if let Some(v) = conn.storm.lock().take() {
+        stats.viewers.lock().push(v);
     }
     match end {
         // Stopped by the run: close politely, but don't wait long.
@@ -190,15 +245,79 @@ pub(crate) async fn run(shared: Arc<Shared>, plan: Plan) {
         }
         Err(why) => {
             stats.closed_early.fetch_add(1, Relaxed);
-            stats.reason(format!("closed early: {why}"));
+            stats.reason(format!("closed early: {}", why.reason));
+        }
+    }
+}
+
+/// Attempts after a 1001 before a viewer gives up: a few rounds over every
+/// address.
+const RECONNECT_ROUNDS: usize = 3;
+
+/// Connects to the address after `target`, then the ones after it, until
+/// one gives a `hello`; returns the client and the handshake time in µs,
+/// and leaves `target` at the address that took it.
+async fn reconnect(
+    shared: &Shared,
+    plan: &Plan,
+    target: &mut Arc<Target>,
+) -> Option<(Client, u64)> {
+    let n = shared.targets.len();
+    let mut at = shared
+        .targets
+        .iter()
+        .position(|t| Arc::ptr_eq(t, target))
+        .unwrap_or(0);
+    for attempt in 0..RECONNECT_ROUNDS * n {
+        at = (at + 1) % n;
+        if attempt > 0 {
+            // Jittered, so failed attempts do not return in step.
+            let ms = 100 + u64::from(plan.seed.wrapping_add(attempt as u32) % 200);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let next = shared.targets[at].clone();
+        let started = Instant::now();
+        let attempt = tokio::time::timeout(shared.connect_timeout, connect(shared, plan, &next));
+        match attempt.await {
+            Ok(Ok((client, _))) => {
+                *target = next;
+                return Some((client, started.elapsed().as_micros() as u64));
+            }
+            Ok(Err(e)) => shared
+                .stats
+                .reason(format!("reconnect failed: {}", short_error(&e))),
+            Err(_) => shared
+                .stats
+                .reason("reconnect failed: timed out before hello"),
+        }
+    }
+    None
+}
+
+/// How a connection ended early: why, and the server's close frame if any.
+#[derive(Debug)]
+struct Ended {
+    reason: String,
+    close: Option<(u16, String)>,
+}
+
+impl From<String> for Ended {
+    fn from(reason: String) -> Ended {
+        Ended {
+            reason,
+            close: None,
         }
     }
 }
 
 /// Opens the socket, upgrades it and waits for `hello`; returns the client
 /// and the density `hello` granted, if it said.
-async fn connect(shared: &Shared, plan: &Plan) -> Result<(Client, Option<u32>), ConnectError> {
-    let addr = plan.target.addr;
+async fn connect(
+    shared: &Shared,
+    plan: &Plan,
+    target: &Target,
+) -> Result<(Client, Option<u32>), ConnectError> {
+    let addr = target.addr;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -218,7 +337,7 @@ async fn connect(shared: &Shared, plan: &Plan) -> Result<(Client, Option<u32>), 
     };
     let mut client = Client::handshake(
         tcp,
-        &plan.target.host,
+        &target.host,
         &path,
         shared.format.subprotocol(),
         plan.seed,
@@ -330,12 +449,14 @@ struct Conn<'a> {
     meter: Mutex<Meter>,
     /// When posting began: on the runtime's clock and in Unix µs.
     posting: Mutex<Option<(Instant, u64)>>,
+    /// With `--reconnect`: its connections and the comments it received.
+    storm: Mutex<Option<reconnect::Viewer>>,
 }
 
 impl Conn<'_> {
     /// Reads and posts until the run stops (`Ok`) or the connection ends
     /// (`Err` with the reason).
-    async fn serve(&self, client: &mut Client) -> Result<(), String> {
+    async fn serve(&self, client: &mut Client) -> Result<(), Ended> {
         // One waiter on the phase for the whole life of the connection,
         // rather than a new one per frame.
         let mut phase = Box::pin(next_phase(self.shared.phase.clone(), true));
@@ -362,7 +483,13 @@ impl Conn<'_> {
                             let start_us = unix_micros() + until.as_micros() as u64;
                             *self.posting.lock() = Some((start, start_us));
                             if let Some(s) = self.plan.poster.filter(|s| !s.interval.is_zero()) {
-                                let first = start + s.offset;
+                                let mut first = start + s.offset;
+                                // Back after a reconnect: the next slot
+                                // from now, not a burst of missed ones.
+                                let now = Instant::now();
+                                while first < now && first < end {
+                                    first += s.interval;
+                                }
                                 next_post = Some(first);
                                 post_end = end;
                                 timer.as_mut().reset(first);
@@ -389,14 +516,17 @@ impl Conn<'_> {
                     while next <= now {
                         next += interval;
                     }
-                    client.flush().await.map_err(|e| format!("write error: {e}"))?;
+                    client
+                        .flush()
+                        .await
+                        .map_err(|e| Ended::from(format!("write error: {e}")))?;
                     if next < post_end {
                         next_post = Some(next);
                         timer.as_mut().reset(next);
                     }
                 }
                 read = client.read() => {
-                    let n = read.map_err(|e| format!("read error: {e}"))?;
+                    let n = read.map_err(|e| Ended::from(format!("read error: {e}")))?;
                     self.shared.stats.wire(n);
                     let mut closed = None;
                     client
@@ -407,15 +537,20 @@ impl Conn<'_> {
                             Incoming::Data { text: false, payload } => {
                                 self.on_frame(Format::MsgPack, payload);
                             }
-                            Incoming::Close(c) => closed = Some(close_reason(c.as_ref())),
+                            Incoming::Close(c) => closed = Some(c),
                         })
                         .await
-                        .map_err(|e| format!("read error: {}", full_error(&e)))?;
-                    if let Some(reason) = closed {
-                        return Err(reason);
+                        .map_err(|e| Ended::from(format!("read error: {}", full_error(&e))))?;
+                    if let Some(close) = closed {
+                        return Err(Ended {
+                            reason: close_reason(close.as_ref()),
+                            close,
+                        });
                     }
                     if n == 0 {
-                        return Err("connection ended without a close frame".into());
+                        return Err(Ended::from(
+                            "connection ended without a close frame".to_owned(),
+                        ));
                     }
                 }
             }
@@ -435,10 +570,15 @@ impl Conn<'_> {
             });
             let settled_from = posting.map_or(u64::MAX, |(_, us)| us + SETTLE_US);
             let mut meter = self.meter.lock();
+            let mut storm = self.storm.lock();
             stats.frame(bytes.len(), now_us, |rec| {
                 self.shared.scanner.scan(format, bytes, |m| {
                     rec.delivery(m.sent_us, m.seq, self.counted);
                     meter.delivery(second, m.seq, m.sent_us >= settled_from);
+                    if let Some(v) = storm.as_mut() {
+                        v.received.set(m.seq);
+                        v.first_after_back.get_or_insert(now_us);
+                    }
                 });
             });
             return;
@@ -578,6 +718,9 @@ mod tests {
             phase,
             deflate: false,
             posting_seconds: 0,
+            reconnect: false,
+            targets: Vec::new(),
+            max_posts: 0,
         };
         let plan = Plan {
             target: Arc::new(Target {
@@ -592,9 +735,12 @@ mod tests {
             record: false,
         };
         // Generous bound: with the bug this waits forever, not a bit longer.
-        let client = tokio::time::timeout(Duration::from_secs(20), connect(&shared, &plan))
-            .await
-            .expect("connect must not wait for a second frame");
+        let client = tokio::time::timeout(
+            Duration::from_secs(20),
+            connect(&shared, &plan, &plan.target),
+        )
+        .await
+        .expect("connect must not wait for a second frame");
         let (_, granted) = client.expect("connected");
         assert_eq!(granted, None, "a server without tiers grants nothing");
         assert_eq!(shared.stats.totals().frames, 1);

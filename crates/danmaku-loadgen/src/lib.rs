@@ -14,6 +14,7 @@
 mod conn;
 mod layout;
 mod progress;
+mod reconnect;
 mod report;
 mod scan;
 mod stats;
@@ -118,6 +119,11 @@ pub struct Settings {
     pub record_per_density: usize,
     /// Offer `permessage-deflate`.
     pub deflate: bool,
+    /// Follow a 1001 (a gateway going away) to the next address, and report
+    /// how the viewers came back.
+    pub reconnect: bool,
+    /// Addresses only reconnecting viewers go to, after the `gateways`.
+    pub standby: Vec<String>,
 }
 
 /// Settings a run cannot start with. The messages name the command-line
@@ -313,6 +319,7 @@ fn gateway_rss(pids: &[u32]) -> Result<u64, Error> {
 /// The run itself, on the runtime.
 async fn run_async(settings: Settings) -> Result<Outcome, Error> {
     let targets = resolve(&settings.gateways)?;
+    let standby = resolve(&settings.standby)?;
     let layout = Layout::of(&settings);
     let plans = layout.plans(&targets);
     let stats = Arc::new(Stats::new(
@@ -341,6 +348,9 @@ async fn run_async(settings: Settings) -> Result<Outcome, Error> {
         phase: phase_rx,
         deflate: settings.deflate,
         posting_seconds: settings.duration.floor() as usize,
+        reconnect: settings.reconnect,
+        targets: targets.iter().chain(&standby).cloned().collect(),
+        max_posts: layout.max_posts(settings.duration),
     });
 
     // Ramp up.
@@ -487,6 +497,15 @@ async fn run_async(settings: Settings) -> Result<Outcome, Error> {
         deflate: settings.deflate,
         density: (!settings.density.is_empty())
             .then(|| stats.tiers.lock().report(settings.duration)),
+        reconnect: settings.reconnect.then(|| {
+            let posts = stats.posts();
+            let sent = stats.sent_us();
+            let mut storm = reconnect::Storm::default();
+            for v in stats.viewers.lock().iter() {
+                storm.add(v, &posts, &sent);
+            }
+            storm.report()
+        }),
         gateway_memory,
         cpu,
         reasons: stats.reasons(),

@@ -98,6 +98,13 @@ struct Args {
     /// Offer permessage-deflate, as browsers do.
     #[arg(long)]
     deflate: bool,
+    /// Follow a 1001 (gateway going away) to the next address, after the
+    /// delay its close reason asks for, and report how viewers came back.
+    #[arg(long)]
+    reconnect: bool,
+    /// HOST:PORT only reconnecting viewers go to; repeatable.
+    #[arg(long)]
+    standby: Vec<String>,
 }
 
 impl Args {
@@ -126,6 +133,8 @@ impl Args {
             density: self.density,
             record_per_density: self.record_per_density,
             deflate: self.deflate,
+            reconnect: self.reconnect,
+            standby: self.standby,
         }
     }
 }

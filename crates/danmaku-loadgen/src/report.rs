@@ -197,6 +197,8 @@ pub(crate) struct Report {
     pub deflate: bool,
     /// Density tiers, when the viewers asked for densities.
     pub density: Option<crate::tiers::TierReport>,
+    /// Reconnections after 1001, with `--reconnect`.
+    pub reconnect: Option<crate::reconnect::StormReport>,
     /// Gateway memory, with `--gateway-pid`.
     pub gateway_memory: Option<GatewayMemory>,
     /// CPU use during posting.
@@ -350,6 +352,40 @@ impl Report {
                 pct(self.cpu.machine_pct)
             ),
         );
+        if let Some(r) = &self.reconnect {
+            let back = r
+                .last_back_after_last_close_ms
+                .map_or("n/a".to_owned(), |ms| format!("{ms:.0} ms"));
+            row(
+                "reconnects",
+                format!(
+                    "{} of {} viewers moved; last back {back} after the last 1001; close→back p50 {:.0} p99 {:.0} max {:.0} ms",
+                    r.moved,
+                    r.viewers,
+                    r.close_to_back.p50_ms,
+                    r.close_to_back.p99_ms,
+                    r.close_to_back.max_ms
+                ),
+            );
+            row(
+                "reconnect accept",
+                format!(
+                    "peak {}/s (any 1 s), {}/s (any 100 ms); handshake p50 {:.1} p99 {:.1} ms; back→receiving p99 {:.0} ms",
+                    r.peak_reconnects_per_s,
+                    r.peak_reconnects_per_100ms_as_per_s,
+                    r.handshake.p50_ms,
+                    r.handshake.p99_ms,
+                    r.back_to_receiving.p99_ms
+                ),
+            );
+            row(
+                "after back",
+                format!(
+                    "{} comments owed, {} missing ({} viewers missed any)",
+                    r.expected_after_back, r.missing_after_back, r.viewers_missing
+                ),
+            );
+        }
         if let Some(us) = self.gateway_us_per_frame {
             row("gateway cpu/frame", format!("{us:.2} µs"));
         }

@@ -127,12 +127,18 @@ pub(crate) struct Stats {
     threads: Mutex<Vec<Arc<ThreadStats>>>,
     post_state: Box<[AtomicU8]>,
     post_room: Box<[AtomicU32]>,
+    /// When each post was handed to its socket, Unix µs.
+    post_sent_us: Box<[AtomicU64]>,
     next_seq: AtomicU64,
     /// Viewers that got `hello`, are still connected and are meant to get
     /// every comment (no density limit), per room.
     room_viewers: Box<[AtomicU32]>,
     /// Density tiers as the viewers saw them.
     pub tiers: Mutex<crate::tiers::Tiers>,
+    /// With `--reconnect`: every viewer's connections and receipts.
+    pub viewers: Mutex<Vec<crate::reconnect::Viewer>>,
+    /// Viewers that followed a 1001 to another address.
+    pub reconnected: AtomicU64,
     /// Connections that got `hello`.
     pub established: AtomicU64,
     /// Connections that never got `hello`.
@@ -170,9 +176,12 @@ impl Stats {
             threads: Mutex::new(Vec::new()),
             post_state: (0..max_posts).map(|_| AtomicU8::new(0)).collect(),
             post_room: (0..max_posts).map(|_| AtomicU32::new(0)).collect(),
+            post_sent_us: (0..max_posts).map(|_| AtomicU64::new(0)).collect(),
             next_seq: AtomicU64::new(0),
             room_viewers: (0..rooms).map(|_| AtomicU32::new(0)).collect(),
             tiers: Mutex::default(),
+            viewers: Mutex::default(),
+            reconnected: AtomicU64::new(0),
             established: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             closed_early: AtomicU64::new(0),
@@ -277,6 +286,7 @@ impl Stats {
             return None;
         };
         slot.store(room as u32, Relaxed);
+        self.post_sent_us[i].store(crate::conn::unix_micros(), Relaxed);
         state.store(PostState::Sent as u8, Relaxed);
         self.posts_sent.fetch_add(1, Relaxed);
         Some(seq)
@@ -305,6 +315,15 @@ impl Stats {
             ),
             None => self.reason("answer to an unknown nonce"),
         }
+    }
+
+    /// When each post of [`Stats::posts`] was sent, Unix µs.
+    pub(crate) fn sent_us(&self) -> Vec<u64> {
+        let used = (self.next_seq.load(Relaxed) as usize).min(self.post_sent_us.len());
+        self.post_sent_us[..used]
+            .iter()
+            .map(|t| t.load(Relaxed))
+            .collect()
     }
 
     /// Sums of the hot counters.
